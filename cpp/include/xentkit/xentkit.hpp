@@ -1,0 +1,9 @@
+#pragma once
+// xentkit: cross-entropy losses with Caffe, PyTorch and TensorFlow semantics.
+
+#include "xentkit/device.hpp"
+#include "xentkit/errors.hpp"
+#include "xentkit/losses.hpp"
+#include "xentkit/options.hpp"
+#include "xentkit/threading.hpp"
+#include "xentkit/version.hpp"

@@ -1,0 +1,128 @@
+// The sigmoid cross-entropy kernel family on the CPU: one fused pass that reads scores and targets
+// once and writes the diff once. Caffe's SigmoidCrossEntropyLoss is its first user.
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "checks.hpp"
+#include "xentkit/detail/labels.hpp"
+#include "xentkit/detail/normalize.hpp"
+#include "xentkit/detail/parallel.hpp"
+#include "xentkit/losses.hpp"
+
+namespace xentkit {
+namespace detail {
+namespace {
+
+constexpr int64_t kSigmoidBlock = 16384;  // elements per deterministic block
+
+/// Per-element loss l = max(x, 0) - x*t + log1p(exp(-|x|)) and gradient sigmoid(x) - t, sharing
+/// one exp. The gradient is formed as (1 - t) - sigmoid(-x) for x >= 0 so that it keeps its
+/// relative precision when sigmoid(x) rounds to 1. Infinite x gives the limits (0 when t matches).
+inline void sigmoid_terms(double x, double t, double& loss, double& grad) noexcept {
+  const double e = std::exp(-std::fabs(x));  // in [0, 1]; NaN for NaN x
+  const double q = e / (1.0 + e);            // sigmoid(-|x|)
+  if (std::isinf(x)) {
+    const double w = x > 0 ? 1.0 - t : t;  // the coefficient of |x|
+    loss = (w == 0.0) ? 0.0 : w * std::numeric_limits<double>::infinity();
+  } else {
+    loss = (x >= 0 ? x * (1.0 - t) : -x * t) + std::log1p(e);
+  }
+  grad = x >= 0 ? (1.0 - t) - q : q - t;
+}
+
+inline bool ignored_target(double t, bool has_ignore, int64_t ignore) noexcept {
+  if (!has_ignore) return false;
+  int64_t v;
+  return truncate_label(t, v) && v == ignore;
+}
+
+struct SigmoidSums {
+  double loss = 0.0;
+  int64_t valid = 0;
+};
+
+/// The fused kernel: sums of the per-element losses over non-ignored elements and their count;
+/// when diff is given, diff = grad_scale * (sigmoid(x) - t) (0 where ignored). diff may alias x.
+template <typename T>
+SigmoidSums sigmoid_xent(const T* x, const T* t, int64_t n, bool has_ignore, int64_t ignore,
+                         T* diff, double grad_scale) {
+  const int64_t n_blocks = (n + kSigmoidBlock - 1) / kSigmoidBlock;
+  std::vector<double> loss_part(static_cast<size_t>(n_blocks), 0.0);
+  std::vector<int64_t> count_part(static_cast<size_t>(n_blocks), 0);
+  parallel_blocks(n_blocks, threads_for(n, n_blocks), [&](int64_t b) {
+    const int64_t begin = b * kSigmoidBlock;
+    const int64_t end = std::min(n, begin + kSigmoidBlock);
+    double acc = 0.0;
+    int64_t valid = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      const double xi = static_cast<double>(x[i]);
+      const double ti = static_cast<double>(t[i]);
+      if (ignored_target(ti, has_ignore, ignore)) {
+        if (diff) diff[i] = T(0);
+        continue;
+      }
+      double l, g;
+      sigmoid_terms(xi, ti, l, g);
+      acc += l;
+      ++valid;
+      if (diff) diff[i] = static_cast<T>(g * grad_scale);
+    }
+    loss_part[static_cast<size_t>(b)] = acc;
+    count_part[static_cast<size_t>(b)] = valid;
+  });
+  SigmoidSums sums;
+  sums.loss = ordered_sum(loss_part);
+  for (int64_t c : count_part) sums.valid += c;
+  return sums;
+}
+
+template <typename T>
+int64_t count_not_ignored(const T* t, int64_t n, int64_t ignore) {
+  int64_t valid = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    valid += ignored_target(static_cast<double>(t[i]), true, ignore) ? 0 : 1;
+  }
+  return valid;
+}
+
+}  // namespace
+}  // namespace detail
+
+template <typename T>
+T sigmoid_cross_entropy_loss(const T* scores, const T* targets, int64_t outer, int64_t count,
+                             T* diff, const SigmoidCrossEntropyLossOptions& options) {
+  detail::check_size("outer", outer);
+  detail::check_size("count", count);
+  if (outer == 0 ? count != 0 : count % outer != 0) {
+    throw value_error("scores: expected an element count divisible by the first dimension " +
+                      std::to_string(outer) + ", got " + std::to_string(count) + " elements");
+  }
+  detail::check_pointer("scores", scores, count);
+  detail::check_pointer("targets", targets, count);
+  const int64_t inner = outer == 0 ? 0 : count / outer;
+  const bool has_ignore = options.ignore_label.has_value();
+  const int64_t ignore = options.ignore_label.value_or(0);
+  if (count == 0) return T(0);
+
+  // The diff needs the normalizer before the fused pass; only VALID with an ignored label makes it
+  // depend on the data, and then a cheap pass over the targets counts first.
+  int64_t valid = count;
+  if (has_ignore && options.normalization == Normalization::valid && diff != nullptr) {
+    valid = detail::count_not_ignored(targets, count, ignore);
+  }
+  double norm = detail::normalizer(options.normalization, outer, inner, valid);
+  const auto sums = detail::sigmoid_xent(scores, targets, count, has_ignore, ignore, diff,
+                                         options.loss_weight / norm);
+  norm = detail::normalizer(options.normalization, outer, inner, sums.valid);
+  return static_cast<T>(sums.loss / norm);
+}
+
+template float sigmoid_cross_entropy_loss<float>(const float*, const float*, int64_t, int64_t,
+                                                 float*, const SigmoidCrossEntropyLossOptions&);
+template double sigmoid_cross_entropy_loss<double>(const double*, const double*, int64_t, int64_t,
+                                                   double*, const SigmoidCrossEntropyLossOptions&);
+
+}  // namespace xentkit

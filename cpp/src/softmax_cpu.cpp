@@ -1,0 +1,224 @@
+// The softmax cross-entropy kernel family on the CPU. Scores are viewed as (outer, C, inner): the
+// softmax runs over C with stride `inner`. Work is cut into tiles of up to kTile positions that
+// share (o, and a run of inner indices), so every sweep over the C channels is a run of
+// contiguous loads. Per tile, three sweeps while the tile is in cache:
+//   A: running max per position;
+//   B: e = exp(x - max) once per element, summed (and, for the labelled class, the sum of the
+//      *other* classes kept apart), e stored in the output buffer when there is one;
+//   C: the outputs: p = e / sum, diff = scale * (p - onehot), the labelled entry written as
+//      -scale * sum_other / sum so that it keeps its precision when p rounds to 1.
+// Caffe's SoftmaxWithLoss is its first user.
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "checks.hpp"
+#include "xentkit/detail/labels.hpp"
+#include "xentkit/detail/normalize.hpp"
+#include "xentkit/detail/parallel.hpp"
+#include "xentkit/losses.hpp"
+
+namespace xentkit {
+namespace detail {
+namespace {
+
+constexpr int64_t kTile = 64;                  // positions per tile along `inner`
+constexpr int64_t kBlockElements = 1 << 15;    // target elements per deterministic block
+
+/// -log(FLT_MIN) = 87.3365...: Caffe's cap on a position's loss, for every value type.
+inline double flt_min_cap() noexcept { return -std::log(static_cast<double>(FLT_MIN)); }
+
+template <typename T, typename L>
+struct SoftmaxProblem {
+  const T* x;
+  const L* labels;  // outer*inner labels
+  int64_t outer, channels, inner;
+  bool has_ignore;
+  int64_t ignore;
+  T* diff;         // nullable; may alias x
+  T* prob;         // nullable; must not alias x or diff
+  double grad_scale;
+  double cap;      // upper bound of a position's loss (+inf for none)
+};
+
+/// Runs one tile: positions s0 .. s0+w-1 of outer index o. Returns the sum of its losses.
+template <typename T, typename L>
+double softmax_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w) {
+  const int64_t C = pb.channels, inner = pb.inner;
+  const T* base = pb.x + o * C * inner + s0;
+  const L* lab = pb.labels + o * inner + s0;
+  T* store = pb.diff ? pb.diff : pb.prob;
+  T* sbase = store ? store + o * C * inner + s0 : nullptr;
+
+  int64_t y[kTile];
+  double m[kTile], zy[kTile], sum[kTile], other[kTile];
+  bool posinf[kTile];
+  constexpr double inf = std::numeric_limits<double>::infinity();
+
+  // Sweep A: the max per position.
+  for (int64_t j = 0; j < w; ++j) {
+    y[j] = classify_label(lab[j], C, pb.has_ignore, pb.ignore);
+    m[j] = static_cast<double>(base[j]);
+  }
+  for (int64_t c = 1; c < C; ++c) {
+    const T* row = base + c * inner;
+    for (int64_t j = 0; j < w; ++j) {
+      const double v = static_cast<double>(row[j]);
+      m[j] = v > m[j] ? v : m[j];
+    }
+  }
+  // The labelled logit relative to the max, read before sweep B may overwrite x (in place).
+  // With a +inf logit the limit is taken: the +inf entries share the probability mass.
+  for (int64_t j = 0; j < w; ++j) {
+    posinf[j] = (m[j] == inf);
+    sum[j] = 0.0;
+    other[j] = 0.0;
+    if (y[j] >= 0) {
+      const double v = static_cast<double>(base[y[j] * inner + j]);
+      zy[j] = posinf[j] ? (v == inf ? 0.0 : (std::isnan(v) ? v : -inf)) : v - m[j];
+    } else {
+      zy[j] = 0.0;
+    }
+  }
+  // Sweep B: exp once per element.
+  for (int64_t c = 0; c < C; ++c) {
+    const T* row = base + c * inner;
+    T* srow = sbase ? sbase + c * inner : nullptr;
+    for (int64_t j = 0; j < w; ++j) {
+      const double v = static_cast<double>(row[j]);
+      const double e = (posinf[j] && v == inf) ? 1.0 : std::exp(v - m[j]);
+      sum[j] += e;
+      if (c != y[j]) other[j] += e;
+      if (srow) srow[j] = static_cast<T>(e);
+    }
+  }
+  // Losses: log(sum) - (x_y - max), capped (NaN stays NaN).
+  double acc = 0.0;
+  for (int64_t j = 0; j < w; ++j) {
+    if (y[j] < 0) continue;
+    double l = std::log(sum[j]) - zy[j];
+    if (l > pb.cap) l = pb.cap;
+    acc += l;
+  }
+  // Sweep C: probabilities and gradient.
+  if (store) {
+    for (int64_t c = 0; c < C; ++c) {
+      T* srow = sbase + c * inner;
+      T* prow = pb.prob ? pb.prob + o * C * inner + s0 + c * inner : nullptr;
+      T* drow = pb.diff ? pb.diff + o * C * inner + s0 + c * inner : nullptr;
+      for (int64_t j = 0; j < w; ++j) {
+        const double inv = 1.0 / sum[j];
+        const double e = static_cast<double>(srow[j]);
+        if (prow) prow[j] = static_cast<T>(e * inv);
+        if (drow) {
+          if (y[j] < 0) {
+            drow[j] = T(0);
+          } else if (c == y[j]) {
+            drow[j] = static_cast<T>(-(other[j] * inv) * pb.grad_scale);
+          } else {
+            drow[j] = static_cast<T>(e * inv * pb.grad_scale);
+          }
+        }
+      }
+    }
+  }
+  return acc;
+}
+
+template <typename T, typename L>
+double softmax_xent(const SoftmaxProblem<T, L>& pb) {
+  const int64_t w_max = std::min<int64_t>(pb.inner, kTile);
+  const int64_t tiles_per_outer = (pb.inner + w_max - 1) / w_max;
+  const int64_t tasks = pb.outer * tiles_per_outer;
+  const int64_t per_task = std::max<int64_t>(1, pb.channels * w_max);
+  const int64_t tasks_per_block = std::max<int64_t>(1, kBlockElements / per_task);
+  const int64_t n_blocks = (tasks + tasks_per_block - 1) / tasks_per_block;
+  std::vector<double> part(static_cast<size_t>(n_blocks), 0.0);
+  const int64_t work = pb.outer * pb.channels * pb.inner;
+  parallel_blocks(n_blocks, threads_for(work, n_blocks), [&](int64_t b) {
+    const int64_t t_end = std::min(tasks, (b + 1) * tasks_per_block);
+    double acc = 0.0;
+    for (int64_t t = b * tasks_per_block; t < t_end; ++t) {
+      const int64_t o = t / tiles_per_outer;
+      const int64_t s0 = (t % tiles_per_outer) * w_max;
+      acc += softmax_tile(pb, o, s0, std::min(w_max, pb.inner - s0));
+    }
+    part[static_cast<size_t>(b)] = acc;
+  });
+  return ordered_sum(part);
+}
+
+/// Validates every label (throwing for the first bad one, before any output is written) and
+/// returns the number of non-ignored positions.
+template <typename L>
+int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
+                        const std::optional<int64_t>& ignore) {
+  const bool has_ignore = ignore.has_value();
+  const int64_t ign = ignore.value_or(0);
+  int64_t valid = 0;
+  for (int64_t i = 0; i < positions; ++i) {
+    const int64_t k = classify_label(labels[i], channels, has_ignore, ign);
+    if (k == kInvalid) {
+      if (channels == 0) {
+        throw value_error(
+            "scores: expected at least one class along the softmax axis, got 0 classes with " +
+            std::to_string(positions) + " label positions to score");
+      }
+      throw make_label_error("labels", labels[i], i, channels, ignore);
+    }
+    valid += (k >= 0);
+  }
+  return valid;
+}
+
+}  // namespace
+}  // namespace detail
+
+template <typename T, typename L>
+T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t channels,
+                    int64_t inner, T* diff, T* prob, const SoftmaxWithLossOptions& options) {
+  detail::check_size("outer", outer);
+  detail::check_size("channels", channels);
+  detail::check_size("inner", inner);
+  const int64_t positions = detail::checked_mul("labels", outer, inner);
+  const int64_t count = detail::checked_mul("scores", positions, channels);
+  detail::check_pointer("scores", scores, count);
+  detail::check_pointer("labels", labels, positions);
+  if (prob != nullptr && count > 0 &&
+      (prob == scores || (diff != nullptr && prob == diff))) {
+    throw value_error("prob: expected a buffer of its own, got one shared with scores or diff");
+  }
+  if (positions == 0) return T(0);
+
+  const int64_t valid = detail::validate_labels(labels, positions, channels, options.ignore_label);
+  const double norm = detail::normalizer(options.normalization, outer, inner, valid);
+  if (count == 0) return T(0);  // C == 0 and every position ignored
+
+  detail::SoftmaxProblem<T, L> pb{scores, labels, outer, channels, inner,
+                                  options.ignore_label.has_value(), options.ignore_label.value_or(0),
+                                  diff, prob, options.loss_weight / norm, detail::flt_min_cap()};
+  return static_cast<T>(detail::softmax_xent(pb) / norm);
+}
+
+#define XENTKIT_SOFTMAX_WITH_LOSS(T, L)                                                   \
+  template T softmax_with_loss<T, L>(const T*, const L*, int64_t, int64_t, int64_t, T*, T*, \
+                                     const SoftmaxWithLossOptions&);
+#define XENTKIT_SOFTMAX_WITH_LOSS_LABELS(T)  \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, int8_t)       \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, int16_t)      \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, int32_t)      \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, int64_t)      \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, uint8_t)      \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, uint16_t)     \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, uint32_t)     \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, uint64_t)     \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, float)        \
+  XENTKIT_SOFTMAX_WITH_LOSS(T, double)
+XENTKIT_SOFTMAX_WITH_LOSS_LABELS(float)
+XENTKIT_SOFTMAX_WITH_LOSS_LABELS(double)
+
+}  // namespace xentkit

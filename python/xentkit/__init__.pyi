@@ -5,7 +5,6 @@ import numpy.typing as npt
 
 __version__: str
 
-_Normalization = Literal["full", "valid", "batch_size", "none", "FULL", "VALID", "BATCH_SIZE", "NONE"]
 _DiffArg = Union[bool, None, npt.NDArray[np.floating[Any]]]
 
 class LabelError(ValueError, IndexError):

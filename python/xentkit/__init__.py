@@ -17,6 +17,7 @@ _core._register_label_error(LabelError)
 __all__ = [
     "LabelError",
     "cuda_available",
+    "cuda_built",
     "get_num_threads",
     "set_num_threads",
     "sigmoid_cross_entropy_loss",

@@ -92,7 +92,7 @@ def ignore_value(ignore_label):
 
 
 def real_value(value, name):
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
     try:
         return float(value)

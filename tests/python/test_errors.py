@@ -317,7 +317,7 @@ def test_ignore_label_numpy_integer_accepted():
     np.testing.assert_array_equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("value", [None, [1.0], True, "abc", object()])
+@pytest.mark.parametrize("value", [None, [1.0], True, "abc", "1", b"1", object()])
 def test_bad_loss_weight(value):
     with pytest.raises(TypeError, match="loss_weight"):
         swl(np.zeros((3, 4)), np.zeros(3), loss_weight=value)

@@ -96,11 +96,13 @@ double softmax_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64
       if (srow) srow[j] = static_cast<T>(e);
     }
   }
-  // Losses: log(sum) - (x_y - max), capped (NaN stays NaN).
+  // Losses: -log p_y = log(sum / e_y) = log1p(sum_other * exp(-(x_y - max))), which keeps its
+  // relative precision when p_y rounds to 1 (log(sum) would give 0); capped, NaN stays NaN. An
+  // overflow of exp(-zy) means a loss above 709, past the cap either way.
   double acc = 0.0;
   for (int64_t j = 0; j < w; ++j) {
     if (y[j] < 0) continue;
-    double l = std::log(sum[j]) - zy[j];
+    double l = std::log1p(other[j] * std::exp(-zy[j]));
     if (l > pb.cap) l = pb.cap;
     acc += l;
   }

@@ -601,3 +601,13 @@ def test_matches_torch_float32():
     (3.0 * out).backward()
     np.testing.assert_allclose(loss, out.item(), rtol=1e-5)
     np.testing.assert_allclose(diff, tx.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("gap", [20.0, 40.0, 50.0, 300.0])
+def test_confident_prediction_loss_keeps_relative_precision(gap):
+    # p[label] rounds to 1; the loss -log p = log1p(2 e^-gap) must not collapse to 0.
+    x = np.array([[gap, 0.0, 0.0], [0.0, gap, 0.0]])
+    loss, _ = xentkit.softmax_with_loss(x, np.array([0, 1]), diff=False)
+    expected = math.log1p(2.0 * math.exp(-gap))
+    assert loss > 0.0
+    assert loss == pytest.approx(expected, rel=1e-12)

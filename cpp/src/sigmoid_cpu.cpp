@@ -1,19 +1,16 @@
 // The sigmoid cross-entropy kernel family on the CPU: one fused pass that reads scores and targets
-// once and writes the diff once. Caffe's SigmoidCrossEntropyLoss is its first user.
+// once and writes the diff once.
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
-#include "checks.hpp"
+#include "kernels.hpp"
 #include "xentkit/detail/labels.hpp"
-#include "xentkit/detail/normalize.hpp"
 #include "xentkit/detail/parallel.hpp"
-#include "xentkit/losses.hpp"
 
-namespace xentkit {
-namespace detail {
+namespace xentkit::detail {
 namespace {
 
 constexpr int64_t kSigmoidBlock = 16384;  // elements per deterministic block
@@ -39,16 +36,17 @@ inline bool ignored_target(double t, bool has_ignore, int64_t ignore) noexcept {
   return truncate_label(t, v) && v == ignore;
 }
 
-struct SigmoidSums {
-  double loss = 0.0;
-  int64_t valid = 0;
-};
+}  // namespace
 
-/// The fused kernel: sums of the per-element losses over non-ignored elements and their count;
-/// when diff is given, diff = grad_scale * (sigmoid(x) - t) (0 where ignored). diff may alias x.
 template <typename T>
-SigmoidSums sigmoid_xent(const T* x, const T* t, int64_t n, bool has_ignore, int64_t ignore,
-                         T* diff, double grad_scale) {
+SigmoidSums sigmoid_xent(const SigmoidProblem<T>& pb) {
+  const T* x = pb.x;
+  const T* t = pb.t;
+  T* diff = pb.diff;
+  const int64_t n = pb.n;
+  const bool has_ignore = pb.has_ignore;
+  const int64_t ignore = pb.ignore;
+  const double grad_scale = pb.grad_scale;
   const int64_t n_blocks = (n + kSigmoidBlock - 1) / kSigmoidBlock;
   std::vector<double> loss_part(static_cast<size_t>(n_blocks), 0.0);
   std::vector<int64_t> count_part(static_cast<size_t>(n_blocks), 0);
@@ -88,41 +86,9 @@ int64_t count_not_ignored(const T* t, int64_t n, int64_t ignore) {
   return valid;
 }
 
-}  // namespace
-}  // namespace detail
+template SigmoidSums sigmoid_xent<float>(const SigmoidProblem<float>&);
+template SigmoidSums sigmoid_xent<double>(const SigmoidProblem<double>&);
+template int64_t count_not_ignored<float>(const float*, int64_t, int64_t);
+template int64_t count_not_ignored<double>(const double*, int64_t, int64_t);
 
-template <typename T>
-T sigmoid_cross_entropy_loss(const T* scores, const T* targets, int64_t outer, int64_t count,
-                             T* diff, const SigmoidCrossEntropyLossOptions& options) {
-  detail::check_size("outer", outer);
-  detail::check_size("count", count);
-  if (outer == 0 ? count != 0 : count % outer != 0) {
-    throw value_error("scores: expected an element count divisible by the first dimension " +
-                      std::to_string(outer) + ", got " + std::to_string(count) + " elements");
-  }
-  detail::check_pointer("scores", scores, count);
-  detail::check_pointer("targets", targets, count);
-  const int64_t inner = outer == 0 ? 0 : count / outer;
-  const bool has_ignore = options.ignore_label.has_value();
-  const int64_t ignore = options.ignore_label.value_or(0);
-  if (count == 0) return T(0);
-
-  // The diff needs the normalizer before the fused pass; only VALID with an ignored label makes it
-  // depend on the data, and then a cheap pass over the targets counts first.
-  int64_t valid = count;
-  if (has_ignore && options.normalization == Normalization::valid && diff != nullptr) {
-    valid = detail::count_not_ignored(targets, count, ignore);
-  }
-  double norm = detail::normalizer(options.normalization, outer, inner, valid);
-  const auto sums = detail::sigmoid_xent(scores, targets, count, has_ignore, ignore, diff,
-                                         options.loss_weight / norm);
-  norm = detail::normalizer(options.normalization, outer, inner, sums.valid);
-  return static_cast<T>(sums.loss / norm);
-}
-
-template float sigmoid_cross_entropy_loss<float>(const float*, const float*, int64_t, int64_t,
-                                                 float*, const SigmoidCrossEntropyLossOptions&);
-template double sigmoid_cross_entropy_loss<double>(const double*, const double*, int64_t, int64_t,
-                                                   double*, const SigmoidCrossEntropyLossOptions&);
-
-}  // namespace xentkit
+}  // namespace xentkit::detail

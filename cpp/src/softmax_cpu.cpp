@@ -7,43 +7,23 @@
 //      *other* classes kept apart), e stored in the output buffer when there is one;
 //   C: the outputs: p = e / sum, diff = scale * (p - onehot), the labelled entry written as
 //      -scale * sum_other / sum so that it keeps its precision when p rounds to 1.
-// Caffe's SoftmaxWithLoss is its first user.
 
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
-#include "checks.hpp"
+#include "kernels.hpp"
 #include "xentkit/detail/labels.hpp"
-#include "xentkit/detail/normalize.hpp"
 #include "xentkit/detail/parallel.hpp"
-#include "xentkit/losses.hpp"
 
-namespace xentkit {
-namespace detail {
+namespace xentkit::detail {
 namespace {
 
 constexpr int64_t kTile = 64;                  // positions per tile along `inner`
 constexpr int64_t kBlockElements = 1 << 15;    // target elements per deterministic block
 
-/// -log(FLT_MIN) = 87.3365...: Caffe's cap on a position's loss, for every value type.
-inline double flt_min_cap() noexcept { return -std::log(static_cast<double>(FLT_MIN)); }
-
-template <typename T, typename L>
-struct SoftmaxProblem {
-  const T* x;
-  const L* labels;  // outer*inner labels
-  int64_t outer, channels, inner;
-  bool has_ignore;
-  int64_t ignore;
-  T* diff;         // nullable; may alias x
-  T* prob;         // nullable; must not alias x or diff
-  double grad_scale;
-  double cap;      // upper bound of a position's loss (+inf for none)
-};
 
 /// Runs one tile: positions s0 .. s0+w-1 of outer index o. Returns the sum of its losses.
 template <typename T, typename L>
@@ -131,6 +111,8 @@ double softmax_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64
   return acc;
 }
 
+}  // namespace
+
 template <typename T, typename L>
 double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   const int64_t w_max = std::min<int64_t>(pb.inner, kTile);
@@ -154,8 +136,6 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   return ordered_sum(part);
 }
 
-/// Validates every label (throwing for the first bad one, before any output is written) and
-/// returns the number of non-ignored positions.
 template <typename L>
 int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
                         const std::optional<int64_t>& ignore) {
@@ -177,50 +157,12 @@ int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
   return valid;
 }
 
-}  // namespace
-}  // namespace detail
 
-template <typename T, typename L>
-T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t channels,
-                    int64_t inner, T* diff, T* prob, const SoftmaxWithLossOptions& options) {
-  detail::check_size("outer", outer);
-  detail::check_size("channels", channels);
-  detail::check_size("inner", inner);
-  const int64_t positions = detail::checked_mul("labels", outer, inner);
-  const int64_t count = detail::checked_mul("scores", positions, channels);
-  detail::check_pointer("scores", scores, count);
-  detail::check_pointer("labels", labels, positions);
-  if (prob != nullptr && count > 0 &&
-      (prob == scores || (diff != nullptr && prob == diff))) {
-    throw value_error("prob: expected a buffer of its own, got one shared with scores or diff");
-  }
-  if (positions == 0) return T(0);
+#define XENTKIT_SOFTMAX_XENT(T, L) template double softmax_xent<T, L>(const SoftmaxProblem<T, L>&);
+#define XENTKIT_VALIDATE(T, L)                                                   \
+  template int64_t validate_labels<L>(const L*, int64_t, int64_t, const std::optional<int64_t>&);
+XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_XENT, float)
+XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_XENT, double)
+XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_VALIDATE, void)
 
-  const int64_t valid = detail::validate_labels(labels, positions, channels, options.ignore_label);
-  const double norm = detail::normalizer(options.normalization, outer, inner, valid);
-  if (count == 0) return T(0);  // C == 0 and every position ignored
-
-  detail::SoftmaxProblem<T, L> pb{scores, labels, outer, channels, inner,
-                                  options.ignore_label.has_value(), options.ignore_label.value_or(0),
-                                  diff, prob, options.loss_weight / norm, detail::flt_min_cap()};
-  return static_cast<T>(detail::softmax_xent(pb) / norm);
-}
-
-#define XENTKIT_SOFTMAX_WITH_LOSS(T, L)                                                   \
-  template T softmax_with_loss<T, L>(const T*, const L*, int64_t, int64_t, int64_t, T*, T*, \
-                                     const SoftmaxWithLossOptions&);
-#define XENTKIT_SOFTMAX_WITH_LOSS_LABELS(T)  \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, int8_t)       \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, int16_t)      \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, int32_t)      \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, int64_t)      \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, uint8_t)      \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, uint16_t)     \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, uint32_t)     \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, uint64_t)     \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, float)        \
-  XENTKIT_SOFTMAX_WITH_LOSS(T, double)
-XENTKIT_SOFTMAX_WITH_LOSS_LABELS(float)
-XENTKIT_SOFTMAX_WITH_LOSS_LABELS(double)
-
-}  // namespace xentkit
+}  // namespace xentkit::detail

@@ -16,18 +16,20 @@ namespace {
 constexpr int64_t kSigmoidBlock = 16384;  // elements per deterministic block
 
 /// Per-element loss l = max(x, 0) - x*t + log1p(exp(-|x|)) and gradient sigmoid(x) - t, sharing
-/// one exp. The gradient is formed as (1 - t) - sigmoid(-x) for x >= 0 so that it keeps its
-/// relative precision when sigmoid(x) rounds to 1. Infinite x gives the limits (0 when t matches).
-inline void sigmoid_terms(double x, double t, double& loss, double& grad) noexcept {
-  const double e = std::exp(-std::fabs(x));  // in [0, 1]; NaN for NaN x
-  const double q = e / (1.0 + e);            // sigmoid(-|x|)
+/// one exp, in the input's precision R (float inputs use float math; the caller sums in double).
+/// The gradient is formed as (1 - t) - sigmoid(-x) for x >= 0 so that it keeps its relative
+/// precision when sigmoid(x) rounds to 1. Infinite x gives the limits (0 when t matches).
+template <typename R>
+inline void sigmoid_terms(R x, R t, R& loss, R& grad) noexcept {
+  const R e = std::exp(-std::fabs(x));  // in [0, 1]; NaN for NaN x
+  const R q = e / (R(1) + e);           // sigmoid(-|x|)
   if (std::isinf(x)) {
-    const double w = x > 0 ? 1.0 - t : t;  // the coefficient of |x|
-    loss = (w == 0.0) ? 0.0 : w * std::numeric_limits<double>::infinity();
+    const R w = x > 0 ? R(1) - t : t;  // the coefficient of |x|
+    loss = (w == R(0)) ? R(0) : w * std::numeric_limits<R>::infinity();
   } else {
-    loss = (x >= 0 ? x * (1.0 - t) : -x * t) + std::log1p(e);
+    loss = (x >= 0 ? x * (R(1) - t) : -x * t) + std::log1p(e);
   }
-  grad = x >= 0 ? (1.0 - t) - q : q - t;
+  grad = x >= 0 ? (R(1) - t) - q : q - t;
 }
 
 inline bool ignored_target(double t, bool has_ignore, int64_t ignore) noexcept {
@@ -56,17 +58,17 @@ SigmoidSums sigmoid_xent(const SigmoidProblem<T>& pb) {
     double acc = 0.0;
     int64_t valid = 0;
     for (int64_t i = begin; i < end; ++i) {
-      const double xi = static_cast<double>(x[i]);
-      const double ti = static_cast<double>(t[i]);
-      if (ignored_target(ti, has_ignore, ignore)) {
+      const T xi = x[i];
+      const T ti = t[i];
+      if (ignored_target(static_cast<double>(ti), has_ignore, ignore)) {
         if (diff) diff[i] = T(0);
         continue;
       }
-      double l, g;
+      T l, g;
       sigmoid_terms(xi, ti, l, g);
-      acc += l;
+      acc += static_cast<double>(l);
       ++valid;
-      if (diff) diff[i] = static_cast<T>(g * grad_scale);
+      if (diff) diff[i] = static_cast<T>(static_cast<double>(g) * grad_scale);
     }
     loss_part[static_cast<size_t>(b)] = acc;
     count_part[static_cast<size_t>(b)] = valid;

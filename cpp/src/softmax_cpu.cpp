@@ -35,45 +35,47 @@ double softmax_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64
   T* sbase = store ? store + o * C * inner + s0 : nullptr;
 
   int64_t y[kTile];
-  double m[kTile], zy[kTile], sum[kTile], other[kTile];
+  T m[kTile];
+  double zy[kTile], sum[kTile], other[kTile];
   bool posinf[kTile];
   constexpr double inf = std::numeric_limits<double>::infinity();
 
   // Sweep A: the max per position.
   for (int64_t j = 0; j < w; ++j) {
     y[j] = classify_label(lab[j], C, pb.has_ignore, pb.ignore);
-    m[j] = static_cast<double>(base[j]);
+    m[j] = base[j];
   }
   for (int64_t c = 1; c < C; ++c) {
     const T* row = base + c * inner;
     for (int64_t j = 0; j < w; ++j) {
-      const double v = static_cast<double>(row[j]);
+      const T v = row[j];
       m[j] = v > m[j] ? v : m[j];
     }
   }
   // The labelled logit relative to the max, read before sweep B may overwrite x (in place).
   // With a +inf logit the limit is taken: the +inf entries share the probability mass.
   for (int64_t j = 0; j < w; ++j) {
-    posinf[j] = (m[j] == inf);
+    posinf[j] = (static_cast<double>(m[j]) == inf);
     sum[j] = 0.0;
     other[j] = 0.0;
     if (y[j] >= 0) {
       const double v = static_cast<double>(base[y[j] * inner + j]);
-      zy[j] = posinf[j] ? (v == inf ? 0.0 : (std::isnan(v) ? v : -inf)) : v - m[j];
+      zy[j] = posinf[j] ? (v == inf ? 0.0 : (std::isnan(v) ? v : -inf))
+                        : v - static_cast<double>(m[j]);
     } else {
       zy[j] = 0.0;
     }
   }
-  // Sweep B: exp once per element.
+  // Sweep B: exp once per element, in the input's precision; sums in double.
   for (int64_t c = 0; c < C; ++c) {
     const T* row = base + c * inner;
     T* srow = sbase ? sbase + c * inner : nullptr;
     for (int64_t j = 0; j < w; ++j) {
-      const double v = static_cast<double>(row[j]);
-      const double e = (posinf[j] && v == inf) ? 1.0 : std::exp(v - m[j]);
-      sum[j] += e;
-      if (c != y[j]) other[j] += e;
-      if (srow) srow[j] = static_cast<T>(e);
+      const T v = row[j];
+      const T e = (posinf[j] && v == static_cast<T>(inf)) ? T(1) : std::exp(v - m[j]);
+      sum[j] += static_cast<double>(e);
+      if (c != y[j]) other[j] += static_cast<double>(e);
+      if (srow) srow[j] = e;
     }
   }
   // Losses: -log p_y = log(sum / e_y) = log1p(sum_other * exp(-(x_y - max))), which keeps its

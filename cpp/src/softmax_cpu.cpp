@@ -88,23 +88,24 @@ double softmax_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64
     if (l > pb.cap) l = pb.cap;
     acc += l;
   }
-  // Sweep C: probabilities and gradient.
+  // Sweep C: probabilities and gradient, with one division per position.
   if (store) {
+    double inv[kTile];
+    for (int64_t j = 0; j < w; ++j) inv[j] = 1.0 / sum[j];
     for (int64_t c = 0; c < C; ++c) {
       T* srow = sbase + c * inner;
       T* prow = pb.prob ? pb.prob + o * C * inner + s0 + c * inner : nullptr;
       T* drow = pb.diff ? pb.diff + o * C * inner + s0 + c * inner : nullptr;
       for (int64_t j = 0; j < w; ++j) {
-        const double inv = 1.0 / sum[j];
         const double e = static_cast<double>(srow[j]);
-        if (prow) prow[j] = static_cast<T>(e * inv);
+        if (prow) prow[j] = static_cast<T>(e * inv[j]);
         if (drow) {
           if (y[j] < 0) {
             drow[j] = T(0);
           } else if (c == y[j]) {
-            drow[j] = static_cast<T>(-(other[j] * inv) * pb.grad_scale);
+            drow[j] = static_cast<T>(-(other[j] * inv[j]) * pb.grad_scale);
           } else {
-            drow[j] = static_cast<T>(e * inv * pb.grad_scale);
+            drow[j] = static_cast<T>(e * inv[j] * pb.grad_scale);
           }
         }
       }

@@ -13,8 +13,8 @@ _HALF = np.dtype(np.float16)
 
 
 def _describe(obj):
-    return type(obj).__module__ + "." + type(obj).__qualname__ if type(obj).__module__ != "builtins" \
-        else type(obj).__qualname__
+    cls = type(obj)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def as_array(obj, name):
@@ -36,10 +36,10 @@ def as_array(obj, name):
     if hasattr(obj, "__array_interface__") or hasattr(obj, "__array__"):
         return np.asarray(obj)
     try:
-        memoryview(obj)
+        view = memoryview(obj)
     except TypeError:
         raise TypeError(f"{name}: expected an array, got {_describe(obj)}") from None
-    return np.asarray(obj)
+    return np.asarray(view)
 
 
 def real_dtype_for(arr, name):

@@ -43,9 +43,15 @@ T sigmoid_cross_entropy_loss(const T* scores, const T* targets, int64_t outer, i
     valid = detail::count_not_ignored(targets, count, ignore);
   }
   double norm = detail::normalizer(options.normalization, outer, inner, valid);
-  const detail::SigmoidProblem<T> pb{scores, targets, count, has_ignore, ignore, diff,
-                                     options.loss_weight / norm};
-  const detail::SigmoidSums sums = detail::sigmoid_xent(pb);
+  detail::ElementProblem<T> pb;
+  pb.x = scores;
+  pb.t = targets;
+  pb.n = count;
+  pb.has_ignore = has_ignore;
+  pb.ignore = ignore;
+  pb.diff = diff;
+  pb.grad_scale = options.loss_weight / norm;
+  const detail::ElementSums sums = detail::elementwise_xent(pb);
   norm = detail::normalizer(options.normalization, outer, inner, sums.valid);
   return static_cast<T>(sums.loss / norm);
 }
@@ -70,9 +76,18 @@ T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t cha
   const double norm = detail::normalizer(options.normalization, outer, inner, valid);
   if (count == 0) return T(0);  // C == 0 and every position ignored
 
-  detail::SoftmaxProblem<T, L> pb{scores, labels, outer, channels, inner,
-                                  options.ignore_label.has_value(), options.ignore_label.value_or(0),
-                                  diff, prob, options.loss_weight / norm, flt_min_cap()};
+  detail::SoftmaxProblem<T, L> pb;
+  pb.x = scores;
+  pb.labels = labels;
+  pb.outer = outer;
+  pb.channels = channels;
+  pb.inner = inner;
+  pb.has_ignore = options.ignore_label.has_value();
+  pb.ignore = options.ignore_label.value_or(0);
+  pb.diff = diff;
+  pb.prob = prob;
+  pb.grad_scale = options.loss_weight / norm;
+  pb.cap = flt_min_cap();
   return static_cast<T>(detail::softmax_xent(pb) / norm);
 }
 

@@ -27,4 +27,21 @@ const char* normalization_name(Normalization mode) noexcept {
   return "unknown";
 }
 
+Reduction parse_reduction(std::string_view name) {
+  if (name == "none") return Reduction::none;
+  if (name == "mean") return Reduction::mean;
+  if (name == "sum") return Reduction::sum;
+  throw value_error("reduction: expected one of 'none', 'mean', 'sum', got '" + std::string(name) +
+                    "'");
+}
+
+const char* reduction_name(Reduction reduction) noexcept {
+  switch (reduction) {
+    case Reduction::none: return "none";
+    case Reduction::mean: return "mean";
+    case Reduction::sum: return "sum";
+  }
+  return "unknown";
+}
+
 }  // namespace xentkit

@@ -1,35 +1,61 @@
 #pragma once
-// The two CPU kernel families (internal). Every public loss maps its conventions onto one of these
-// problem descriptions: the Caffe layers today; the PyTorch/TensorFlow functions add fields here
-// (class weights, smoothing, soft targets, per-position outputs), not kernels of their own.
+// The CPU kernel families (internal). Every public loss maps its conventions onto one of these
+// problem descriptions; none has a kernel of its own:
+//   softmax family: softmax_with_loss, cross_entropy (class indices and probabilities), nll_loss,
+//                   log_softmax, softmax and TF's softmax/sparse-softmax cross entropy;
+//   elementwise family: sigmoid_cross_entropy_loss, binary_cross_entropy_with_logits and TF's
+//                   sigmoid cross entropy (logits), and binary_cross_entropy (probabilities).
 
 #include <cstdint>
 #include <optional>
 
-/// Calls X(T, L) for every label type the softmax family reads (explicit instantiations).
+#include "xentkit/options.hpp"
+
+/// Calls X(T, L) for every label type the Caffe softmax layer reads (explicit instantiations).
 #define XENTKIT_FOR_EACH_LABEL_TYPE(X, T)                                                \
   X(T, int8_t) X(T, int16_t) X(T, int32_t) X(T, int64_t) X(T, uint8_t) X(T, uint16_t) \
   X(T, uint32_t) X(T, uint64_t) X(T, float) X(T, double)
+
+/// Calls X(T, L) for every integer class-index type (the PyTorch/TF functions).
+#define XENTKIT_FOR_EACH_INDEX_TYPE(X, T)                                                \
+  X(T, int8_t) X(T, int16_t) X(T, int32_t) X(T, int64_t) X(T, uint8_t) X(T, uint16_t) \
+  X(T, uint32_t) X(T, uint64_t)
 
 namespace xentkit::detail {
 
 // ---- softmax family: scores viewed as (outer, channels, inner), softmax over channels ---------
 
-template <typename T, typename L>
-struct SoftmaxProblem {
-  const T* x;          // outer*channels*inner scores
-  const L* labels;     // outer*inner labels, already validated
-  int64_t outer, channels, inner;
-  bool has_ignore;
-  int64_t ignore;
-  T* diff;             // nullable; may alias x. grad_scale * (p - onehot), 0 at ignored positions
-  T* prob;             // nullable; must not alias x or diff. The softmax
-  double grad_scale;
-  double cap;          // upper bound of a position's loss (+inf for none)
+enum class SoftmaxOp {
+  xent,  // softmax, then cross entropy against class indices or probabilities (or no target)
+  nll,   // the scores already are log-probabilities: gather -w[y] * x[y]
 };
 
-/// The sum over non-ignored positions of min(-log p[label], cap), with the outputs written in the
-/// same pass. Deterministic for any thread count.
+/// One call of the softmax family. Per position (o, s) with label y (or probabilities q):
+///   class index:   l = (1 - eps) * w[y] * min(-log p[y], cap) + (eps / C) * sum_c w[c] (-log p[c])
+///   probabilities: l = -sum_c w[c] q'[c] log p[c], q' = (1 - eps) q + eps / C
+///   nll:           l = -w[y] * x[y]
+/// with w = 1 when class_weight is null. Ignored positions give l = 0 and a zero gradient.
+template <typename T, typename L>
+struct SoftmaxProblem {
+  SoftmaxOp op = SoftmaxOp::xent;
+  const T* x = nullptr;            // outer*channels*inner scores
+  const L* labels = nullptr;       // outer*inner class indices, already validated (or null)
+  const T* soft = nullptr;         // probability targets in the layout of x (or null)
+  int64_t outer = 0, channels = 0, inner = 0;
+  bool has_ignore = false;
+  int64_t ignore = 0;
+  const T* class_weight = nullptr; // channels weights (or null: all 1)
+  double smoothing = 0.0;          // eps in [0, 1]
+  T* diff = nullptr;               // gradient, grad_scale * dl/dx; may alias x
+  T* prob = nullptr;               // softmax; must not alias x or diff
+  T* log_prob = nullptr;           // log-softmax; must not alias x or diff
+  T* loss = nullptr;               // outer*inner per-position losses
+  double grad_scale = 1.0;
+  double cap = 0.0;                // upper bound of -log p[y] (+inf for none)
+};
+
+/// The sum over positions of their losses, with every requested output written in the same pass.
+/// Deterministic for any thread count.
 template <typename T, typename L>
 double softmax_xent(const SoftmaxProblem<T, L>& pb);
 
@@ -37,28 +63,42 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb);
 /// with positions to score) and returns the number of non-ignored positions.
 template <typename L>
 int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
-                        const std::optional<int64_t>& ignore);
+                        const std::optional<int64_t>& ignore, const char* argument = "labels");
 
-// ---- sigmoid family: elementwise -----------------------------------------------------------
+/// The sum of weight[label] over non-ignored positions (labels already validated), in double.
+template <typename T, typename L>
+double target_weight_sum(const L* labels, int64_t positions, int64_t channels,
+                         const std::optional<int64_t>& ignore, const T* weight);
 
-template <typename T>
-struct SigmoidProblem {
-  const T* x;          // n scores (logits)
-  const T* t;          // n targets
-  int64_t n;
-  bool has_ignore;     // ignore where the target truncated toward zero equals `ignore`
-  int64_t ignore;
-  T* diff;             // nullable; may alias x. grad_scale * (sigmoid(x) - t), 0 where ignored
-  double grad_scale;
+// ---- elementwise family ----------------------------------------------------------------------
+
+enum class ElementOp {
+  logits,         // l = (1 - t) x + (1 + (pw - 1) t) softplus(-x)
+  probabilities,  // l = -(t max(log x, -100) + (1 - t) max(log(1 - x), -100))
 };
 
-struct SigmoidSums {
-  double loss = 0.0;   // sum of max(x, 0) - x*t + log1p(exp(-|x|)) over non-ignored elements
+template <typename T>
+struct ElementProblem {
+  ElementOp op = ElementOp::logits;
+  const T* x = nullptr;          // n inputs (logits or probabilities)
+  const T* t = nullptr;          // n targets
+  int64_t n = 0;
+  bool has_ignore = false;       // ignore where the target truncated toward zero equals `ignore`
+  int64_t ignore = 0;
+  Broadcast<T> weight;           // element weights (scale loss and gradient)
+  Broadcast<T> pos_weight;       // logits only
+  T* diff = nullptr;             // grad_scale * dl/dx, 0 where ignored; may alias x
+  T* loss = nullptr;             // per-element losses (0 where ignored)
+  double grad_scale = 1.0;
+};
+
+struct ElementSums {
+  double loss = 0.0;   // sum of the (weighted) losses over non-ignored elements
   int64_t valid = 0;   // their number
 };
 
 template <typename T>
-SigmoidSums sigmoid_xent(const SigmoidProblem<T>& pb);
+ElementSums elementwise_xent(const ElementProblem<T>& pb);
 
 /// Elements whose target truncated toward zero differs from `ignore`.
 template <typename T>

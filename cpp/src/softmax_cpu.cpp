@@ -2,11 +2,15 @@
 // softmax runs over C with stride `inner`. Work is cut into tiles of up to kTile positions that
 // share (o, and a run of inner indices), so every sweep over the C channels is a run of
 // contiguous loads. Per tile, three sweeps while the tile is in cache:
-//   A: running max per position;
-//   B: e = exp(x - max) once per element, summed (and, for the labelled class, the sum of the
-//      *other* classes kept apart), e stored in the output buffer when there is one;
-//   C: the outputs: p = e / sum, diff = scale * (p - onehot), the labelled entry written as
-//      -scale * sum_other / sum so that it keeps its precision when p rounds to 1.
+//   A: running max (and its first index) per position;
+//   B: e = exp(x - max) once per element, summed in double; the sums of the classes other than
+//      the label and other than the argmax are kept apart, and so are the weighted sums the
+//      smoothing and probability-target losses need; e is stored in an output buffer when there
+//      is one;
+//   C: the outputs: p = e / sum, the gradient, log p.
+// The labelled entry of the gradient is written as -sum_other / sum, and log(sum) as
+// log1p(sum_other_than_argmax) (the argmax has e = 1 exactly), so both keep their relative
+// precision when p rounds to 1.
 
 #include <algorithm>
 #include <cmath>
@@ -23,91 +27,195 @@ namespace {
 
 constexpr int64_t kTile = 64;                  // positions per tile along `inner`
 constexpr int64_t kBlockElements = 1 << 15;    // target elements per deterministic block
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
+/// Per-call constants shared by every tile.
+struct Shared {
+  double total_weight;  // sum of the class weights (C without weights)
+  double keep;          // 1 - eps
+  double spread;        // eps / C
+};
 
-/// Runs one tile: positions s0 .. s0+w-1 of outer index o. Returns the sum of its losses.
+template <typename T>
+inline double class_weight(const T* w, int64_t c) noexcept {
+  return w ? static_cast<double>(w[c]) : 1.0;
+}
+
+/// Runs one softmax tile: positions s0 .. s0+w-1 of outer index o. Returns the sum of its losses.
 template <typename T, typename L>
-double softmax_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w) {
+double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, int64_t s0,
+                 int64_t w) {
   const int64_t C = pb.channels, inner = pb.inner;
-  const T* base = pb.x + o * C * inner + s0;
-  const L* lab = pb.labels + o * inner + s0;
+  const int64_t off = o * C * inner + s0;
+  const T* base = pb.x + off;
+  const L* lab = pb.labels ? pb.labels + o * inner + s0 : nullptr;
+  const T* soft = pb.soft ? pb.soft + off : nullptr;
+  const T* cw = pb.class_weight;
   T* store = pb.diff ? pb.diff : pb.prob;
-  T* sbase = store ? store + o * C * inner + s0 : nullptr;
+  T* sbase = store ? store + off : nullptr;
+  const bool smooth = lab && pb.smoothing > 0.0;
 
-  int64_t y[kTile];
+  int64_t y[kTile], am[kTile];
   T m[kTile];
-  double zy[kTile], sum[kTile], other[kTile];
+  double zy[kTile], sum[kTile], other_y[kTile], other_m[kTile], wsum[kTile], qsum[kTile];
   bool posinf[kTile];
-  constexpr double inf = std::numeric_limits<double>::infinity();
 
-  // Sweep A: the max per position.
+  // Sweep A: the max per position and its first index.
   for (int64_t j = 0; j < w; ++j) {
-    y[j] = classify_label(lab[j], C, pb.has_ignore, pb.ignore);
+    y[j] = lab ? classify_label(lab[j], C, pb.has_ignore, pb.ignore) : kIgnored;
     m[j] = base[j];
+    am[j] = 0;
   }
   for (int64_t c = 1; c < C; ++c) {
     const T* row = base + c * inner;
     for (int64_t j = 0; j < w; ++j) {
       const T v = row[j];
-      m[j] = v > m[j] ? v : m[j];
+      if (v > m[j]) {
+        m[j] = v;
+        am[j] = c;
+      }
     }
   }
   // The labelled logit relative to the max, read before sweep B may overwrite x (in place).
   // With a +inf logit the limit is taken: the +inf entries share the probability mass.
   for (int64_t j = 0; j < w; ++j) {
-    posinf[j] = (static_cast<double>(m[j]) == inf);
-    sum[j] = 0.0;
-    other[j] = 0.0;
+    posinf[j] = (static_cast<double>(m[j]) == kInf);
+    sum[j] = other_y[j] = other_m[j] = wsum[j] = qsum[j] = 0.0;
+    zy[j] = 0.0;
     if (y[j] >= 0) {
       const double v = static_cast<double>(base[y[j] * inner + j]);
-      zy[j] = posinf[j] ? (v == inf ? 0.0 : (std::isnan(v) ? v : -inf))
+      zy[j] = posinf[j] ? (v == kInf ? 0.0 : (std::isnan(v) ? v : -kInf))
                         : v - static_cast<double>(m[j]);
-    } else {
-      zy[j] = 0.0;
     }
   }
   // Sweep B: exp once per element, in the input's precision; sums in double.
   for (int64_t c = 0; c < C; ++c) {
     const T* row = base + c * inner;
+    const T* qrow = soft ? soft + c * inner : nullptr;
     T* srow = sbase ? sbase + c * inner : nullptr;
+    const double wc = class_weight(cw, c);
     for (int64_t j = 0; j < w; ++j) {
       const T v = row[j];
-      const T e = (posinf[j] && v == static_cast<T>(inf)) ? T(1) : std::exp(v - m[j]);
-      sum[j] += static_cast<double>(e);
-      if (c != y[j]) other[j] += static_cast<double>(e);
+      const bool at_inf = posinf[j] && v == static_cast<T>(kInf);
+      const T e = at_inf ? T(1) : std::exp(v - m[j]);
+      const double ed = static_cast<double>(e);
+      sum[j] += ed;
+      if (c != y[j]) other_y[j] += ed;
+      if (c != am[j]) other_m[j] += ed;
+      if (smooth || qrow) {
+        // x - max in double, with the +inf limit; a zero coefficient adds nothing (0 * -inf = 0).
+        const double d = at_inf ? 0.0
+                         : posinf[j] ? (std::isnan(static_cast<double>(v)) ? NAN : -kInf)
+                                     : static_cast<double>(v) - static_cast<double>(m[j]);
+        if (smooth) {
+          if (wc != 0.0) wsum[j] += wc * d;
+        } else {
+          const double qw = wc * (sh.keep * static_cast<double>(qrow[j]) + sh.spread);
+          qsum[j] += qw;
+          if (qw != 0.0) wsum[j] += qw * d;
+        }
+      }
       if (srow) srow[j] = e;
     }
   }
-  // Losses: -log p_y = log(sum / e_y) = log1p(sum_other * exp(-(x_y - max))), which keeps its
-  // relative precision when p_y rounds to 1 (log(sum) would give 0); capped, NaN stays NaN. An
-  // overflow of exp(-zy) means a loss above 709, past the cap either way.
+  // Losses. -log p_y = log(sum / e_y) = log1p(sum_other * exp(-(x_y - max))), which keeps its
+  // relative precision when p_y rounds to 1; capped, NaN stays NaN. An overflow of exp(-zy) means
+  // a loss above 709, past Caffe's cap either way. log(sum) = log1p(sum_other_than_argmax).
   double acc = 0.0;
+  double coef_y[kTile];
   for (int64_t j = 0; j < w; ++j) {
-    if (y[j] < 0) continue;
-    double l = std::log1p(other[j] * std::exp(-zy[j]));
-    if (l > pb.cap) l = pb.cap;
+    double l = 0.0;
+    coef_y[j] = 0.0;
+    if (lab) {
+      if (y[j] >= 0) {
+        const double a = sh.keep * class_weight(cw, y[j]);
+        coef_y[j] = a;
+        if (a != 0.0) {
+          double nll = std::log1p(other_y[j] * std::exp(-zy[j]));
+          if (nll > pb.cap) nll = pb.cap;
+          l = a * nll;
+        }
+        if (smooth) l += sh.spread * (sh.total_weight * std::log1p(other_m[j]) - wsum[j]);
+      }
+    } else if (soft) {
+      l = qsum[j] * std::log1p(other_m[j]) - wsum[j];
+    }
+    if (pb.loss) pb.loss[o * inner + s0 + j] = static_cast<T>(l);
     acc += l;
   }
-  // Sweep C: probabilities and gradient, with one division per position.
-  if (store) {
-    double inv[kTile];
-    for (int64_t j = 0; j < w; ++j) inv[j] = 1.0 / sum[j];
-    for (int64_t c = 0; c < C; ++c) {
-      T* srow = sbase + c * inner;
-      T* prow = pb.prob ? pb.prob + o * C * inner + s0 + c * inner : nullptr;
-      T* drow = pb.diff ? pb.diff + o * C * inner + s0 + c * inner : nullptr;
-      for (int64_t j = 0; j < w; ++j) {
-        const double e = static_cast<double>(srow[j]);
-        if (prow) prow[j] = static_cast<T>(e * inv[j]);
-        if (drow) {
-          if (y[j] < 0) {
-            drow[j] = T(0);
-          } else if (c == y[j]) {
-            drow[j] = static_cast<T>(-(other[j] * inv[j]) * pb.grad_scale);
-          } else {
-            drow[j] = static_cast<T>(e * inv[j] * pb.grad_scale);
-          }
+  if (!store && !pb.log_prob) return acc;
+
+  // Sweep C: probabilities, gradient and log-probabilities, with one division per position.
+  double inv[kTile], logsum[kTile];
+  for (int64_t j = 0; j < w; ++j) {
+    inv[j] = 1.0 / sum[j];
+    logsum[j] = std::log1p(other_m[j]);
+    coef_y[j] *= pb.grad_scale;
+  }
+  const double spread_scale = sh.spread * pb.grad_scale;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t roff = off + c * inner;
+    const T* srow = sbase ? sbase + c * inner : nullptr;
+    T* prow = pb.prob ? pb.prob + roff : nullptr;
+    T* drow = pb.diff ? pb.diff + roff : nullptr;
+    T* lrow = pb.log_prob ? pb.log_prob + roff : nullptr;
+    const T* xrow = base + c * inner;
+    const T* qrow = soft ? soft + c * inner : nullptr;
+    const double wc = class_weight(cw, c);
+    for (int64_t j = 0; j < w; ++j) {
+      if (lrow) {
+        const T v = xrow[j];
+        const double d = posinf[j] ? (v == static_cast<T>(kInf) ? 0.0 : static_cast<double>(v) - kInf)
+                                   : static_cast<double>(v) - static_cast<double>(m[j]);
+        lrow[j] = static_cast<T>(d - logsum[j]);
+      }
+      if (!srow) continue;
+      const double e = static_cast<double>(srow[j]);
+      const double p = e * inv[j];
+      if (prow) prow[j] = static_cast<T>(p);
+      if (!drow) continue;
+      double g;
+      if (lab) {
+        if (y[j] < 0) {
+          g = 0.0;
+        } else {
+          g = (c == y[j]) ? -(other_y[j] * inv[j]) * coef_y[j] : p * coef_y[j];
+          if (smooth) g += spread_scale * (sh.total_weight * p - wc);
         }
+      } else {
+        const double qw = wc * (sh.keep * static_cast<double>(qrow[j]) + sh.spread);
+        // Q p - qw; at the argmax, (Q - qw) - Q (1 - p) with 1 - p = sum_other / sum.
+        g = (c == am[j]) ? (qsum[j] - qw) - qsum[j] * (other_m[j] * inv[j]) : qsum[j] * p - qw;
+        g *= pb.grad_scale;
+      }
+      drow[j] = static_cast<T>(g);
+    }
+  }
+  return acc;
+}
+
+/// nll over one tile: l = -w[y] * x[y]; the gradient is -scale * w[y] at the label, 0 elsewhere.
+template <typename T, typename L>
+double nll_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w) {
+  const int64_t C = pb.channels, inner = pb.inner;
+  const int64_t off = o * C * inner + s0;
+  const L* lab = pb.labels + o * inner + s0;
+  int64_t y[kTile];
+  double wy[kTile];
+  double acc = 0.0;
+  for (int64_t j = 0; j < w; ++j) {
+    y[j] = classify_label(lab[j], C, pb.has_ignore, pb.ignore);
+    wy[j] = y[j] >= 0 ? class_weight(pb.class_weight, y[j]) : 0.0;
+    double l = 0.0;
+    if (y[j] >= 0 && wy[j] != 0.0) l = -wy[j] * static_cast<double>(pb.x[off + y[j] * inner + j]);
+    if (pb.loss) pb.loss[o * inner + s0 + j] = static_cast<T>(l);
+    acc += l;
+  }
+  if (pb.diff) {
+    for (int64_t c = 0; c < C; ++c) {
+      T* drow = pb.diff + off + c * inner;
+      for (int64_t j = 0; j < w; ++j) {
+        drow[j] = (c == y[j]) ? static_cast<T>(-pb.grad_scale * wy[j]) : T(0);
       }
     }
   }
@@ -118,6 +226,18 @@ double softmax_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64
 
 template <typename T, typename L>
 double softmax_xent(const SoftmaxProblem<T, L>& pb) {
+  if (pb.outer == 0 || pb.inner == 0) return 0.0;
+  if (pb.channels == 0) {  // nothing to score: every position is ignored or has no classes
+    if (pb.loss) std::fill(pb.loss, pb.loss + pb.outer * pb.inner, T(0));
+    return 0.0;
+  }
+  Shared sh;
+  sh.total_weight = 0.0;
+  for (int64_t c = 0; c < pb.channels; ++c) sh.total_weight += class_weight(pb.class_weight, c);
+  const double eps = pb.smoothing > 0.0 ? pb.smoothing : 0.0;
+  sh.keep = 1.0 - eps;
+  sh.spread = pb.channels > 0 ? eps / static_cast<double>(pb.channels) : 0.0;
+
   const int64_t w_max = std::min<int64_t>(pb.inner, kTile);
   const int64_t tiles_per_outer = (pb.inner + w_max - 1) / w_max;
   const int64_t tasks = pb.outer * tiles_per_outer;
@@ -125,14 +245,15 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   const int64_t tasks_per_block = std::max<int64_t>(1, kBlockElements / per_task);
   const int64_t n_blocks = (tasks + tasks_per_block - 1) / tasks_per_block;
   std::vector<double> part(static_cast<size_t>(n_blocks), 0.0);
-  const int64_t work = pb.outer * pb.channels * pb.inner;
+  const int64_t work = pb.outer * std::max<int64_t>(1, pb.channels) * pb.inner;
   parallel_blocks(n_blocks, threads_for(work, n_blocks), [&](int64_t b) {
     const int64_t t_end = std::min(tasks, (b + 1) * tasks_per_block);
     double acc = 0.0;
     for (int64_t t = b * tasks_per_block; t < t_end; ++t) {
       const int64_t o = t / tiles_per_outer;
       const int64_t s0 = (t % tiles_per_outer) * w_max;
-      acc += softmax_tile(pb, o, s0, std::min(w_max, pb.inner - s0));
+      const int64_t wt = std::min(w_max, pb.inner - s0);
+      acc += pb.op == SoftmaxOp::nll ? nll_tile(pb, o, s0, wt) : xent_tile(pb, sh, o, s0, wt);
     }
     part[static_cast<size_t>(b)] = acc;
   });
@@ -141,7 +262,7 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
 
 template <typename L>
 int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
-                        const std::optional<int64_t>& ignore) {
+                        const std::optional<int64_t>& ignore, const char* argument) {
   const bool has_ignore = ignore.has_value();
   const int64_t ign = ignore.value_or(0);
   int64_t valid = 0;
@@ -153,19 +274,37 @@ int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
             "scores: expected at least one class along the softmax axis, got 0 classes with " +
             std::to_string(positions) + " label positions to score");
       }
-      throw make_label_error("labels", labels[i], i, channels, ignore);
+      throw make_label_error(argument, labels[i], i, channels, ignore);
     }
     valid += (k >= 0);
   }
   return valid;
 }
 
+template <typename T, typename L>
+double target_weight_sum(const L* labels, int64_t positions, int64_t channels,
+                         const std::optional<int64_t>& ignore, const T* weight) {
+  const bool has_ignore = ignore.has_value();
+  const int64_t ign = ignore.value_or(0);
+  double total = 0.0;
+  for (int64_t i = 0; i < positions; ++i) {
+    const int64_t k = classify_label(labels[i], channels, has_ignore, ign);
+    if (k >= 0) total += class_weight(weight, k);
+  }
+  return total;
+}
 
 #define XENTKIT_SOFTMAX_XENT(T, L) template double softmax_xent<T, L>(const SoftmaxProblem<T, L>&);
-#define XENTKIT_VALIDATE(T, L)                                                   \
-  template int64_t validate_labels<L>(const L*, int64_t, int64_t, const std::optional<int64_t>&);
+#define XENTKIT_VALIDATE(T, L)                                                        \
+  template int64_t validate_labels<L>(const L*, int64_t, int64_t,                     \
+                                      const std::optional<int64_t>&, const char*);
+#define XENTKIT_WEIGHT_SUM(T, L)                                                       \
+  template double target_weight_sum<T, L>(const L*, int64_t, int64_t,                  \
+                                          const std::optional<int64_t>&, const T*);
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_XENT, float)
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_XENT, double)
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_VALIDATE, void)
+XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_WEIGHT_SUM, float)
+XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_WEIGHT_SUM, double)
 
 }  // namespace xentkit::detail

@@ -1,7 +1,12 @@
 """xentkit: fast, exact cross-entropy losses with a C++ core.
 
-Caffe's loss layers (:func:`sigmoid_cross_entropy_loss`, :func:`softmax_with_loss`) on NumPy
-arrays: the loss and its gradient ("diff") from one fused pass, inputs read without a copy.
+On NumPy arrays, the loss and its gradient from one fused pass, inputs read without a copy:
+
+* Caffe's loss layers: :func:`sigmoid_cross_entropy_loss`, :func:`softmax_with_loss`;
+* PyTorch's functions: :func:`binary_cross_entropy`, :func:`binary_cross_entropy_with_logits`,
+  :func:`cross_entropy`, :func:`nll_loss`, :func:`log_softmax`, :func:`softmax`;
+* TensorFlow's: :func:`sigmoid_cross_entropy_with_logits`,
+  :func:`softmax_cross_entropy_with_logits`, :func:`sparse_softmax_cross_entropy_with_logits`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,10 @@ from __future__ import annotations
 from . import _core
 from ._caffe import sigmoid_cross_entropy_loss, softmax_with_loss
 from ._errors import LabelError
+from ._tf import (sigmoid_cross_entropy_with_logits, softmax_cross_entropy_with_logits,
+                  sparse_softmax_cross_entropy_with_logits)
+from ._torch import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+                     log_softmax, nll_loss, softmax)
 
 __version__ = _core.__version__
 
@@ -16,12 +25,21 @@ _core._register_label_error(LabelError)
 
 __all__ = [
     "LabelError",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
     "cuda_available",
     "cuda_built",
     "get_num_threads",
+    "log_softmax",
+    "nll_loss",
     "set_num_threads",
     "sigmoid_cross_entropy_loss",
+    "sigmoid_cross_entropy_with_logits",
+    "softmax",
+    "softmax_cross_entropy_with_logits",
     "softmax_with_loss",
+    "sparse_softmax_cross_entropy_with_logits",
 ]
 
 

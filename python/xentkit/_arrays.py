@@ -54,6 +54,21 @@ def real_dtype_for(arr, name):
     raise TypeError(f"{name}: expected dtype float16, float32 or float64, got {dt}")
 
 
+def compute_dtype(dtype):
+    """float16 is computed in float32; float32/float64 in themselves (native byte order)."""
+    dtype = np.dtype(dtype).newbyteorder("=")
+    return np.dtype(np.float32) if dtype == _HALF else dtype
+
+
+def result_dtype(arrays, names):
+    """The floating dtype of a result computed from these arrays (NumPy's promotion, as PyTorch
+    promotes floating inputs), native byte order. TypeError for a non-floating one."""
+    for arr, name in zip(arrays, names):
+        if arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):
+            raise TypeError(f"{name}: expected dtype float16, float32 or float64, got {arr.dtype}")
+    return np.result_type(*[a.dtype.newbyteorder("=") for a in arrays])
+
+
 def contiguous(arr, dtype):
     """A C-contiguous array of `dtype`: `arr` itself when it already is one (no copy)."""
     if arr.dtype == dtype and arr.flags.c_contiguous:
@@ -74,20 +89,29 @@ def label_array(arr, name):
     return contiguous(arr, target)
 
 
-def ignore_value(ignore_label):
-    """ignore_label as an int in the int64 range, or None."""
-    if ignore_label is None:
+def index_array(arr, name):
+    """Class indices as a C-contiguous array of an integer dtype (native byte order)."""
+    dt = arr.dtype
+    if dt.kind not in "iu":
+        raise TypeError(f"{name}: expected class indices of an integer dtype, got {dt}")
+    return contiguous(arr, dt if dt.isnative else dt.newbyteorder("="))
+
+
+def ignore_value(ignore_label, name="ignore_label", allow_none=True):
+    """An ignored-label argument as an int in the int64 range (or None when allowed)."""
+    if ignore_label is None and allow_none:
         return None
+    expected = "an integer or None" if allow_none else "an integer"
     if isinstance(ignore_label, (bool, np.bool_)):
-        raise TypeError(f"ignore_label: expected an integer or None, got {ignore_label!r}")
+        raise TypeError(f"{name}: expected {expected}, got {ignore_label!r}")
     try:
         value = operator.index(ignore_label)
     except TypeError:
         raise TypeError(
-            f"ignore_label: expected an integer or None, got {_describe(ignore_label)} "
+            f"{name}: expected {expected}, got {_describe(ignore_label)} "
             f"{ignore_label!r}") from None
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ValueError(f"ignore_label: expected an integer in the int64 range, got {value}")
+        raise ValueError(f"{name}: expected an integer in the int64 range, got {value}")
     return value
 
 
@@ -132,3 +156,34 @@ def output_array(out, name, shape, dtype, inputs):
 def _same_buffer(a, b):
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.nbytes == b.nbytes and a.flags.c_contiguous and b.flags.c_contiguous)
+
+
+def gradient_output(value, name, like, result_dt, compute_dt, inputs):
+    """The gradient output of a call: (array the kernel writes, array returned), or (None, None).
+
+    `value` is False/None (no gradient: nothing is written), True (a new array of `like`'s shape
+    and dtype `result_dt`) or an array to write into (same shape and dtype, C-contiguous, writable,
+    not overlapping `inputs` except being inputs[0] itself). A float16 result is computed in a
+    float32 scratch array and copied once complete.
+    """
+    if value is False or value is None:
+        return None, None
+    if value is True:
+        out = np.empty(like.shape, dtype=result_dt)
+    else:
+        out = output_array(value, name, like.shape, result_dt, inputs)
+    if out.dtype == compute_dt:
+        return out, out
+    return np.empty(like.shape, dtype=compute_dt), out
+
+
+def finish(work, out):
+    """Copies a scratch result into the returned array (float16 results)."""
+    if out is not None and work is not out:
+        np.copyto(out, work, casting="unsafe")
+    return out
+
+
+def flat(arr):
+    """A 1-D view of a C-contiguous array, or None."""
+    return None if arr is None else arr.reshape(-1)

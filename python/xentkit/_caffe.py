@@ -8,8 +8,8 @@ import operator
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, contiguous, ignore_value, label_array, output_array, real_dtype_for,
-                      real_value)
+from ._arrays import (as_array, contiguous, finish, gradient_output, ignore_value, label_array,
+                      real_dtype_for, real_value)
 
 __all__ = ["sigmoid_cross_entropy_loss", "softmax_with_loss"]
 
@@ -34,26 +34,6 @@ def _mode(normalization, normalize, default):
         raise ValueError(
             "normalization: expected one of 'full', 'valid', 'batch_size', 'none' (any case), "
             f"got {normalization!r}") from None
-
-
-def _diff_output(diff, scores, compute_dtype, inputs):
-    """(array the kernel writes or None, array returned or None)."""
-    if diff is False or diff is None:
-        return None, None
-    if diff is True:
-        out = np.empty(scores.shape, dtype=scores.dtype if scores.dtype.isnative else compute_dtype)
-    else:
-        out = output_array(diff, "diff", scores.shape, scores.dtype, inputs)
-    if out.dtype == compute_dtype:
-        return out, out
-    # float16 (or non-native) output: computed in a scratch array, copied once it is complete.
-    return np.empty(scores.shape, dtype=compute_dtype), out
-
-
-def _finish(work, out):
-    if out is not None and work is not out:
-        np.copyto(out, work, casting="unsafe")
-    return out
 
 
 def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalization=None,
@@ -100,7 +80,12 @@ def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalizat
     t = contiguous(t0, cdt).reshape(-1)
     loss = _core.sigmoid_cross_entropy_loss(
         x, t, x0.shape[0], ign, mode, weight, None if work is None else work.reshape(-1))
-    return loss, _finish(work, out)
+    return loss, finish(work, out)
+
+
+def _diff_output(diff, scores, compute_dt, inputs):
+    result_dt = scores.dtype if scores.dtype.isnative else compute_dt
+    return gradient_output(diff, "diff", scores, result_dt, compute_dt, inputs)
 
 
 def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalization=None,
@@ -166,7 +151,7 @@ def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalizatio
     loss = _core.softmax_with_loss(
         x, lab.reshape(-1), outer, channels, inner, ign, mode, weight,
         None if work is None else work.reshape(-1), None if p_out is None else p_out.reshape(-1))
-    out = _finish(work, out)
+    out = finish(work, out)
     if prob:
         if p_out.dtype != x0.dtype and x0.dtype == np.float16:
             p_out = p_out.astype(np.float16)

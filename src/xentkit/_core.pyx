@@ -8,7 +8,8 @@ from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, u
 from libcpp.optional cimport optional
 
 from xentkit._cpp cimport (
-    Normalization, SigmoidCrossEntropyLossOptions, SoftmaxWithLossOptions, xk_set_label_error_type)
+    BinaryCrossEntropyOptions, Broadcast, CrossEntropyOptions, NllLossOptions, Normalization,
+    Reduction, SigmoidCrossEntropyLossOptions, SoftmaxWithLossOptions, xk_set_label_error_type)
 from xentkit cimport _cpp
 
 ctypedef fused real_t:
@@ -26,6 +27,16 @@ ctypedef fused label_t:
     uint64_t
     float
     double
+
+ctypedef fused index_t:
+    int8_t
+    int16_t
+    int32_t
+    int64_t
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
 
 
 __version__ = _cpp.version_string.decode()
@@ -92,3 +103,162 @@ def softmax_with_loss(const real_t[::1] scores, const label_t[::1] labels, int64
     with nogil:
         loss = _cpp.softmax_with_loss(ps, pl, outer, channels, inner, pd, pp, opts)
     return <double>loss
+
+
+# ---- PyTorch-compatible functions -------------------------------------------------------------
+# Optional buffers arrive as None; empty ones are passed as NULL (nothing is read or written).
+
+def binary_cross_entropy(const real_t[::1] input, const real_t[::1] target,
+                         const real_t[::1] weight, int64_t w_stride, int64_t w_period,
+                         int reduction, real_t[::1] loss, real_t[::1] grad):
+    cdef BinaryCrossEntropyOptions opts
+    opts.reduction = <Reduction>reduction
+    cdef int64_t n = input.shape[0]
+    cdef Broadcast[real_t] w
+    if weight is not None and weight.shape[0] > 0:
+        w.data = &weight[0]
+        w.stride = w_stride
+        w.period = w_period
+    cdef const real_t* px = &input[0] if n > 0 else NULL
+    cdef const real_t* pt = &target[0] if n > 0 else NULL
+    cdef real_t* pl = &loss[0] if loss is not None and n > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and n > 0 else NULL
+    cdef real_t result
+    with nogil:
+        result = _cpp.binary_cross_entropy(px, pt, n, w, pl, pg, opts)
+    return <double>result
+
+
+def binary_cross_entropy_with_logits(const real_t[::1] input, const real_t[::1] target,
+                                     const real_t[::1] weight, int64_t w_stride,
+                                     int64_t w_period, const real_t[::1] pos_weight,
+                                     int64_t p_stride, int64_t p_period, int reduction,
+                                     real_t[::1] loss, real_t[::1] grad):
+    cdef BinaryCrossEntropyOptions opts
+    opts.reduction = <Reduction>reduction
+    cdef int64_t n = input.shape[0]
+    cdef Broadcast[real_t] w
+    cdef Broadcast[real_t] pw
+    if weight is not None and weight.shape[0] > 0:
+        w.data = &weight[0]
+        w.stride = w_stride
+        w.period = w_period
+    if pos_weight is not None and pos_weight.shape[0] > 0:
+        pw.data = &pos_weight[0]
+        pw.stride = p_stride
+        pw.period = p_period
+    cdef const real_t* px = &input[0] if n > 0 else NULL
+    cdef const real_t* pt = &target[0] if n > 0 else NULL
+    cdef real_t* pl = &loss[0] if loss is not None and n > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and n > 0 else NULL
+    cdef real_t result
+    with nogil:
+        result = _cpp.binary_cross_entropy_with_logits(px, pt, n, w, pw, pl, pg, opts)
+    return <double>result
+
+
+def cross_entropy_indices(const real_t[::1] input, const index_t[::1] target, int64_t outer,
+                          int64_t channels, int64_t inner, const real_t[::1] weight,
+                          int64_t ignore_index, int reduction, double label_smoothing,
+                          real_t[::1] loss, real_t[::1] grad):
+    cdef CrossEntropyOptions opts
+    opts.ignore_index = ignore_index
+    opts.reduction = <Reduction>reduction
+    opts.label_smoothing = label_smoothing
+    cdef const real_t* px = &input[0] if input.shape[0] > 0 else NULL
+    cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
+    cdef const real_t* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL
+    cdef real_t* pl = &loss[0] if loss is not None and loss.shape[0] > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and grad.shape[0] > 0 else NULL
+    cdef real_t result
+    with nogil:
+        result = _cpp.cross_entropy_indices(px, pt, outer, channels, inner, pw, pl, pg, opts)
+    return <double>result
+
+
+def cross_entropy_probabilities(const real_t[::1] input, const real_t[::1] target,
+                                int64_t outer, int64_t channels, int64_t inner,
+                                const real_t[::1] weight, int reduction, double label_smoothing,
+                                real_t[::1] loss, real_t[::1] grad):
+    cdef CrossEntropyOptions opts
+    opts.reduction = <Reduction>reduction
+    opts.label_smoothing = label_smoothing
+    cdef const real_t* px = &input[0] if input.shape[0] > 0 else NULL
+    cdef const real_t* pt = &target[0] if target.shape[0] > 0 else NULL
+    cdef const real_t* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL
+    cdef real_t* pl = &loss[0] if loss is not None and loss.shape[0] > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and grad.shape[0] > 0 else NULL
+    cdef real_t result
+    with nogil:
+        result = _cpp.cross_entropy_probabilities(px, pt, outer, channels, inner, pw, pl, pg,
+                                                  opts)
+    return <double>result
+
+
+def nll_loss(const real_t[::1] input, const index_t[::1] target, int64_t outer,
+             int64_t channels, int64_t inner, const real_t[::1] weight, int64_t ignore_index,
+             int reduction, real_t[::1] loss, real_t[::1] grad):
+    cdef NllLossOptions opts
+    opts.ignore_index = ignore_index
+    opts.reduction = <Reduction>reduction
+    cdef const real_t* px = &input[0] if input.shape[0] > 0 else NULL
+    cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
+    cdef const real_t* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL
+    cdef real_t* pl = &loss[0] if loss is not None and loss.shape[0] > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and grad.shape[0] > 0 else NULL
+    cdef real_t result
+    with nogil:
+        result = _cpp.nll_loss(px, pt, outer, channels, inner, pw, pl, pg, opts)
+    return <double>result
+
+
+def log_softmax(const real_t[::1] input, int64_t outer, int64_t channels, int64_t inner,
+                real_t[::1] out):
+    cdef const real_t* px = &input[0] if input.shape[0] > 0 else NULL
+    cdef real_t* po = &out[0] if out.shape[0] > 0 else NULL
+    with nogil:
+        _cpp.log_softmax(px, outer, channels, inner, po)
+
+
+def softmax(const real_t[::1] input, int64_t outer, int64_t channels, int64_t inner,
+            real_t[::1] out):
+    cdef const real_t* px = &input[0] if input.shape[0] > 0 else NULL
+    cdef real_t* po = &out[0] if out.shape[0] > 0 else NULL
+    with nogil:
+        _cpp.softmax(px, outer, channels, inner, po)
+
+
+# ---- TensorFlow-compatible functions ----------------------------------------------------------
+
+def sigmoid_cross_entropy_with_logits(const real_t[::1] labels, const real_t[::1] logits,
+                                      real_t[::1] loss, real_t[::1] grad):
+    cdef int64_t n = logits.shape[0]
+    cdef const real_t* pz = &labels[0] if n > 0 else NULL
+    cdef const real_t* px = &logits[0] if n > 0 else NULL
+    cdef real_t* pl = &loss[0] if n > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and n > 0 else NULL
+    with nogil:
+        _cpp.sigmoid_cross_entropy_with_logits(pz, px, n, pl, pg)
+
+
+def softmax_cross_entropy_with_logits(const real_t[::1] labels, const real_t[::1] logits,
+                                      int64_t outer, int64_t channels, int64_t inner,
+                                      real_t[::1] loss, real_t[::1] grad):
+    cdef const real_t* pz = &labels[0] if labels.shape[0] > 0 else NULL
+    cdef const real_t* px = &logits[0] if logits.shape[0] > 0 else NULL
+    cdef real_t* pl = &loss[0] if loss.shape[0] > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and grad.shape[0] > 0 else NULL
+    with nogil:
+        _cpp.softmax_cross_entropy_with_logits(pz, px, outer, channels, inner, pl, pg)
+
+
+def sparse_softmax_cross_entropy_with_logits(const index_t[::1] labels,
+                                             const real_t[::1] logits, int64_t rows,
+                                             int64_t channels, real_t[::1] loss,
+                                             real_t[::1] grad):
+    cdef const index_t* pz = &labels[0] if labels.shape[0] > 0 else NULL
+    cdef const real_t* px = &logits[0] if logits.shape[0] > 0 else NULL
+    cdef real_t* pl = &loss[0] if loss.shape[0] > 0 else NULL
+    cdef real_t* pg = &grad[0] if grad is not None and grad.shape[0] > 0 else NULL
+    with nogil:
+        _cpp.sparse_softmax_cross_entropy_with_logits(pz, px, rows, channels, pl, pg)

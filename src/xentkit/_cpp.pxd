@@ -31,6 +31,31 @@ cdef extern from "xentkit/options.hpp" namespace "xentkit" nogil:
         Normalization normalization
         double loss_weight
 
+    cdef enum class Reduction(int):
+        none "xentkit::Reduction::none"
+        mean
+        sum "xentkit::Reduction::sum"
+
+    cdef cppclass Broadcast[T]:
+        const T* data
+        int64_t stride
+        int64_t period
+
+    cdef cppclass BinaryCrossEntropyOptions:
+        Reduction reduction
+        double grad_output
+
+    cdef cppclass CrossEntropyOptions:
+        int64_t ignore_index
+        Reduction reduction
+        double label_smoothing
+        double grad_output
+
+    cdef cppclass NllLossOptions:
+        int64_t ignore_index
+        Reduction reduction
+        double grad_output
+
 
 cdef extern from "xentkit/threading.hpp" namespace "xentkit" nogil:
     int get_num_threads()
@@ -51,3 +76,43 @@ cdef extern from "xentkit/losses.hpp" namespace "xentkit" nogil:
     T softmax_with_loss[T, L](const T* scores, const L* labels, int64_t outer, int64_t channels,
                               int64_t inner, T* diff, T* prob,
                               const SoftmaxWithLossOptions& options) except +xk_raise_py_error
+
+    T binary_cross_entropy[T](const T* input, const T* target, int64_t count, Broadcast[T] weight,
+                              T* loss, T* grad, const BinaryCrossEntropyOptions& options) \
+        except +xk_raise_py_error
+
+    T binary_cross_entropy_with_logits[T](const T* input, const T* target, int64_t count,
+                                          Broadcast[T] weight, Broadcast[T] pos_weight, T* loss,
+                                          T* grad, const BinaryCrossEntropyOptions& options) \
+        except +xk_raise_py_error
+
+    T cross_entropy_indices "xentkit::cross_entropy"[T, L](
+        const T* input, const L* target, int64_t outer, int64_t channels, int64_t inner,
+        const T* weight, T* loss, T* grad, const CrossEntropyOptions& options) \
+        except +xk_raise_py_error
+
+    T cross_entropy_probabilities "xentkit::cross_entropy"[T](
+        const T* input, const T* target, int64_t outer, int64_t channels, int64_t inner,
+        const T* weight, T* loss, T* grad, const CrossEntropyOptions& options) \
+        except +xk_raise_py_error
+
+    T nll_loss[T, L](const T* input, const L* target, int64_t outer, int64_t channels,
+                     int64_t inner, const T* weight, T* loss, T* grad,
+                     const NllLossOptions& options) except +xk_raise_py_error
+
+    void log_softmax[T](const T* input, int64_t outer, int64_t channels, int64_t inner,
+                        T* out) except +xk_raise_py_error
+
+    void softmax[T](const T* input, int64_t outer, int64_t channels, int64_t inner,
+                    T* out) except +xk_raise_py_error
+
+    void sigmoid_cross_entropy_with_logits[T](const T* labels, const T* logits, int64_t count,
+                                              T* loss, T* grad) except +xk_raise_py_error
+
+    void softmax_cross_entropy_with_logits[T](const T* labels, const T* logits, int64_t outer,
+                                              int64_t channels, int64_t inner, T* loss,
+                                              T* grad) except +xk_raise_py_error
+
+    void sparse_softmax_cross_entropy_with_logits[T, L](
+        const L* labels, const T* logits, int64_t rows, int64_t channels, T* loss,
+        T* grad) except +xk_raise_py_error

@@ -38,4 +38,50 @@ struct SoftmaxWithLossOptions {
   double loss_weight = 1.0;
 };
 
+/// PyTorch's reduction of per-element losses (same numbering as at::Reduction).
+enum class Reduction : int { none = 0, mean = 1, sum = 2 };
+
+/// Parses "none", "mean" or "sum" (exactly, as PyTorch). Throws value_error for anything else.
+Reduction parse_reduction(std::string_view name);
+
+/// The name of a reduction ("none", "mean", "sum").
+const char* reduction_name(Reduction reduction) noexcept;
+
+/// An array broadcast against the elements of a loss (PyTorch's `weight`/`pos_weight`): element i
+/// reads data[(i / stride) % period]. A scalar is {p, 1, 1}; a (C,) vector over the last axis of
+/// an (N, C) input is {p, 1, C}; a (C, 1, 1) vector over (N, C, H, W) is {p, H*W, C}; an array of
+/// the input's own shape is {p, 1, count}. data == nullptr means absent (a weight of 1).
+template <typename T>
+struct Broadcast {
+  const T* data = nullptr;
+  int64_t stride = 1;
+  int64_t period = 1;
+};
+
+/// PyTorch's binary_cross_entropy and binary_cross_entropy_with_logits.
+struct BinaryCrossEntropyOptions {
+  Reduction reduction = Reduction::mean;
+  /// The upstream gradient: the returned gradient is that of grad_output * loss (for
+  /// Reduction::none, of grad_output times the sum of the per-element losses).
+  double grad_output = 1.0;
+};
+
+/// PyTorch's cross_entropy (class indices or class probabilities).
+struct CrossEntropyOptions {
+  /// Class-index targets equal to this value add nothing (any value; it may be a real class).
+  /// Not used with probability targets.
+  int64_t ignore_index = -100;
+  Reduction reduction = Reduction::mean;
+  /// Epsilon in [0, 1] (values above 1 throw; negative values act as 0, as in PyTorch).
+  double label_smoothing = 0.0;
+  double grad_output = 1.0;
+};
+
+/// PyTorch's nll_loss.
+struct NllLossOptions {
+  int64_t ignore_index = -100;
+  Reduction reduction = Reduction::mean;
+  double grad_output = 1.0;
+};
+
 }  // namespace xentkit

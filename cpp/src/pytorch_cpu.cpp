@@ -1,0 +1,246 @@
+// PyTorch's cross-entropy family (torch.nn.functional), mapped onto the two kernel families:
+// binary_cross_entropy(_with_logits) onto the elementwise family, cross_entropy, nll_loss,
+// log_softmax and softmax onto the softmax family. Everything is checked here, on the host,
+// before a kernel touches an output.
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "checks.hpp"
+#include "kernels.hpp"
+#include "xentkit/losses.hpp"
+
+namespace xentkit {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+template <typename T>
+void check_probabilities(const char* what, const T* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(v[i] >= T(0) && v[i] <= T(1))) {  // false for NaN too
+      std::ostringstream msg;
+      msg.precision(std::numeric_limits<T>::max_digits10);
+      msg << what << ": expected every element in [0, 1], got " << static_cast<double>(v[i])
+          << " at flat index " << i;
+      throw value_error(msg.str());
+    }
+  }
+}
+
+/// The divisor of the mean (NaN results when it is 0), or 1 for sum and none.
+inline double divisor(Reduction reduction, double mean_divisor) {
+  return reduction == Reduction::mean ? mean_divisor : 1.0;
+}
+
+inline double reduce(Reduction reduction, double sum, double mean_divisor) {
+  if (reduction != Reduction::mean) return sum;
+  return mean_divisor == 0.0 ? kNaN : sum / mean_divisor;
+}
+
+/// Label smoothing as PyTorch reads it: above 1 (or NaN) is an error, negative means none.
+inline double smoothing_of(double eps) {
+  if (std::isnan(eps) || eps > 1.0) {
+    throw value_error("label_smoothing: expected a value in [0, 1], got " + std::to_string(eps));
+  }
+  return eps > 0.0 ? eps : 0.0;
+}
+
+struct SoftmaxShape {
+  int64_t positions;
+  int64_t count;
+};
+
+template <typename T>
+SoftmaxShape check_softmax_shape(const T* input, int64_t outer, int64_t channels, int64_t inner) {
+  detail::check_size("outer", outer);
+  detail::check_size("channels", channels);
+  detail::check_size("inner", inner);
+  SoftmaxShape s;
+  s.positions = detail::checked_mul("target", outer, inner);
+  s.count = detail::checked_mul("input", s.positions, channels);
+  detail::check_pointer("input", input, s.count);
+  return s;
+}
+
+template <typename T, typename L>
+T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_t outer,
+                   int64_t channels, int64_t inner, const T* weight, T* loss, T* grad,
+                   int64_t ignore_index, Reduction reduction, double smoothing,
+                   double grad_output) {
+  detail::check_reduction(reduction);
+  const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
+  detail::check_pointer("target", target, s.positions);
+  detail::check_output("grad", grad, input, s.count);
+  const std::optional<int64_t> ignore(ignore_index);
+  const int64_t valid = detail::validate_labels(target, s.positions, channels, ignore, "target");
+  double mean_divisor = static_cast<double>(valid);
+  if (reduction == Reduction::mean && weight != nullptr) {
+    mean_divisor = detail::target_weight_sum(target, s.positions, channels, ignore, weight);
+  }
+  detail::SoftmaxProblem<T, L> pb;
+  pb.op = op;
+  pb.x = input;
+  pb.labels = target;
+  pb.outer = outer;
+  pb.channels = channels;
+  pb.inner = inner;
+  pb.has_ignore = true;
+  pb.ignore = ignore_index;
+  pb.class_weight = weight;
+  pb.smoothing = smoothing;
+  pb.diff = grad;
+  pb.loss = loss;
+  pb.grad_scale = grad_output / divisor(reduction, mean_divisor);
+  pb.cap = std::numeric_limits<double>::infinity();
+  const double sum = detail::softmax_xent(pb);
+  return static_cast<T>(reduce(reduction, sum, mean_divisor));
+}
+
+}  // namespace
+
+template <typename T>
+T binary_cross_entropy(const T* input, const T* target, int64_t count, Broadcast<T> weight,
+                       T* loss, T* grad, const BinaryCrossEntropyOptions& options) {
+  detail::check_reduction(options.reduction);
+  detail::check_size("count", count);
+  detail::check_pointer("input", input, count);
+  detail::check_pointer("target", target, count);
+  detail::check_broadcast("weight", weight);
+  detail::check_output("grad", grad, input, count);
+  check_probabilities("input", input, count);
+  check_probabilities("target", target, count);
+  const double n = static_cast<double>(count);
+  detail::ElementProblem<T> pb;
+  pb.op = detail::ElementOp::probabilities;
+  pb.x = input;
+  pb.t = target;
+  pb.n = count;
+  pb.weight = weight;
+  pb.diff = grad;
+  pb.loss = loss;
+  pb.grad_scale = options.grad_output / divisor(options.reduction, n);
+  const detail::ElementSums sums = detail::elementwise_xent(pb);
+  return static_cast<T>(reduce(options.reduction, sums.loss, n));
+}
+
+template <typename T>
+T binary_cross_entropy_with_logits(const T* input, const T* target, int64_t count,
+                                   Broadcast<T> weight, Broadcast<T> pos_weight, T* loss, T* grad,
+                                   const BinaryCrossEntropyOptions& options) {
+  detail::check_reduction(options.reduction);
+  detail::check_size("count", count);
+  detail::check_pointer("input", input, count);
+  detail::check_pointer("target", target, count);
+  detail::check_broadcast("weight", weight);
+  detail::check_broadcast("pos_weight", pos_weight);
+  detail::check_output("grad", grad, input, count);
+  const double n = static_cast<double>(count);
+  detail::ElementProblem<T> pb;
+  pb.x = input;
+  pb.t = target;
+  pb.n = count;
+  pb.weight = weight;
+  pb.pos_weight = pos_weight;
+  pb.diff = grad;
+  pb.loss = loss;
+  pb.grad_scale = options.grad_output / divisor(options.reduction, n);
+  const detail::ElementSums sums = detail::elementwise_xent(pb);
+  return static_cast<T>(reduce(options.reduction, sums.loss, n));
+}
+
+template <typename T, typename L>
+T cross_entropy(const T* input, const L* target, int64_t outer, int64_t channels, int64_t inner,
+                const T* weight, T* loss, T* grad, const CrossEntropyOptions& options) {
+  const double eps = smoothing_of(options.label_smoothing);
+  return class_index_loss(detail::SoftmaxOp::xent, input, target, outer, channels, inner, weight,
+                          loss, grad, options.ignore_index, options.reduction, eps,
+                          options.grad_output);
+}
+
+template <typename T>
+T cross_entropy(const T* input, const T* target, int64_t outer, int64_t channels, int64_t inner,
+                const T* weight, T* loss, T* grad, const CrossEntropyOptions& options) {
+  detail::check_reduction(options.reduction);
+  const double eps = smoothing_of(options.label_smoothing);
+  const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
+  detail::check_pointer("target", target, s.count);
+  detail::check_output("grad", grad, input, s.count);
+  const double positions = static_cast<double>(s.positions);
+  detail::SoftmaxProblem<T, int64_t> pb;
+  pb.x = input;
+  pb.soft = target;
+  pb.outer = outer;
+  pb.channels = channels;
+  pb.inner = inner;
+  pb.class_weight = weight;
+  pb.smoothing = eps;
+  pb.diff = grad;
+  pb.loss = loss;
+  pb.grad_scale = options.grad_output / divisor(options.reduction, positions);
+  pb.cap = std::numeric_limits<double>::infinity();
+  const double sum = detail::softmax_xent(pb);
+  return static_cast<T>(reduce(options.reduction, sum, positions));
+}
+
+template <typename T, typename L>
+T nll_loss(const T* input, const L* target, int64_t outer, int64_t channels, int64_t inner,
+           const T* weight, T* loss, T* grad, const NllLossOptions& options) {
+  return class_index_loss(detail::SoftmaxOp::nll, input, target, outer, channels, inner, weight,
+                          loss, grad, options.ignore_index, options.reduction, 0.0,
+                          options.grad_output);
+}
+
+template <typename T>
+void log_softmax(const T* input, int64_t outer, int64_t channels, int64_t inner, T* out) {
+  const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
+  detail::check_pointer("out", out, s.count);
+  detail::check_separate("out", out, input, s.count);
+  detail::SoftmaxProblem<T, int64_t> pb;
+  pb.x = input;
+  pb.outer = outer;
+  pb.channels = channels;
+  pb.inner = inner;
+  pb.log_prob = out;
+  detail::softmax_xent(pb);
+}
+
+template <typename T>
+void softmax(const T* input, int64_t outer, int64_t channels, int64_t inner, T* out) {
+  const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
+  detail::check_pointer("out", out, s.count);
+  detail::check_separate("out", out, input, s.count);
+  detail::SoftmaxProblem<T, int64_t> pb;
+  pb.x = input;
+  pb.outer = outer;
+  pb.channels = channels;
+  pb.inner = inner;
+  pb.prob = out;
+  detail::softmax_xent(pb);
+}
+
+#define XENTKIT_CLASS_INDEX(T, L)                                                              \
+  template T cross_entropy<T, L>(const T*, const L*, int64_t, int64_t, int64_t, const T*, T*,  \
+                                 T*, const CrossEntropyOptions&);                              \
+  template T nll_loss<T, L>(const T*, const L*, int64_t, int64_t, int64_t, const T*, T*, T*,   \
+                            const NllLossOptions&);
+XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_CLASS_INDEX, float)
+XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_CLASS_INDEX, double)
+
+#define XENTKIT_PYTORCH_REAL(T)                                                                \
+  template T binary_cross_entropy<T>(const T*, const T*, int64_t, Broadcast<T>, T*, T*,        \
+                                     const BinaryCrossEntropyOptions&);                        \
+  template T binary_cross_entropy_with_logits<T>(const T*, const T*, int64_t, Broadcast<T>,    \
+                                                 Broadcast<T>, T*, T*,                         \
+                                                 const BinaryCrossEntropyOptions&);            \
+  template T cross_entropy<T>(const T*, const T*, int64_t, int64_t, int64_t, const T*, T*, T*, \
+                              const CrossEntropyOptions&);                                     \
+  template void log_softmax<T>(const T*, int64_t, int64_t, int64_t, T*);                       \
+  template void softmax<T>(const T*, int64_t, int64_t, int64_t, T*);
+XENTKIT_PYTORCH_REAL(float)
+XENTKIT_PYTORCH_REAL(double)
+
+}  // namespace xentkit

@@ -1,0 +1,103 @@
+"""TensorFlow-compatible cross entropies with logits (tf.nn) on NumPy arrays: per-element or
+per-row losses, no reduction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _core
+from ._arrays import (as_array, compute_dtype, contiguous, finish, flat, gradient_output,
+                      index_array, result_dtype)
+from ._torch import _axis
+
+__all__ = ["sigmoid_cross_entropy_with_logits", "softmax_cross_entropy_with_logits",
+           "sparse_softmax_cross_entropy_with_logits"]
+
+
+def _logits(logits):
+    x0 = as_array(logits, "logits")
+    rdt = result_dtype((x0,), ("logits",))
+    return x0, rdt, compute_dtype(rdt)
+
+
+def _real_labels(labels, x0, cdt):
+    z0 = as_array(labels, "labels")
+    if z0.dtype.kind not in "iuf":
+        raise TypeError(f"labels: expected a numeric dtype, got {z0.dtype}")
+    if z0.shape != x0.shape:
+        raise ValueError(
+            f"labels: expected the shape of logits {x0.shape}, got {z0.shape}")
+    return z0, contiguous(z0, cdt)
+
+
+def _finish(loss, rdt, gw, go, grad):
+    out = loss if loss.dtype == rdt else loss.astype(rdt)
+    if grad is False or grad is None:
+        return out
+    return out, finish(gw, go)
+
+
+def sigmoid_cross_entropy_with_logits(labels, logits, *, grad=False):
+    """Per-element sigmoid cross entropy, as ``tf.nn.sigmoid_cross_entropy_with_logits``.
+
+    ``l = max(x, 0) - x * z + log(1 + exp(-|x|))`` for logits x and labels z of the same shape
+    (labels of another numeric dtype are converted to the logits' dtype; not range-checked).
+    Returns the losses (the logits' shape and dtype), or ``(loss, grad)`` with
+    ``grad = sigmoid(x) - z``, the gradient of their sum (``grad`` may be an array to write into,
+    ``logits`` itself included). Infinite logits give the limits (0 for x = +inf, z = 1).
+    """
+    x0, rdt, cdt = _logits(logits)
+    z0, z = _real_labels(labels, x0, cdt)
+    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, z0))
+    loss = np.empty(x0.shape, dtype=cdt)
+    _core.sigmoid_cross_entropy_with_logits(z.reshape(-1), contiguous(x0, cdt).reshape(-1),
+                                            loss.reshape(-1), flat(gw))
+    return _finish(loss, rdt, gw, go, grad)
+
+
+def softmax_cross_entropy_with_logits(labels, logits, axis=-1, *, grad=False):
+    """Per-row softmax cross entropy, as ``tf.nn.softmax_cross_entropy_with_logits``.
+
+    ``l = -sum_c z[c] * log softmax(x)[c]`` along `axis` for labels z of the logits' shape
+    (converted to the logits' dtype; rows need not sum to 1). Returns the losses (the logits'
+    shape without `axis`), or ``(loss, grad)`` with the true derivative of their sum,
+    ``grad = sum_c z[c] * softmax(x) - z`` (TF's ``softmax - z`` assumes rows summing to 1).
+    """
+    x0, rdt, cdt = _logits(logits)
+    if x0.ndim == 0:
+        raise ValueError("logits: expected an array with at least one dimension, got shape ()")
+    ax = _axis(axis, x0.ndim, "axis")
+    z0, z = _real_labels(labels, x0, cdt)
+    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, z0))
+    loss = np.empty(x0.shape[:ax] + x0.shape[ax + 1:], dtype=cdt)
+    _core.softmax_cross_entropy_with_logits(
+        z.reshape(-1), contiguous(x0, cdt).reshape(-1), math.prod(x0.shape[:ax]), x0.shape[ax],
+        math.prod(x0.shape[ax + 1:]), loss.reshape(-1), flat(gw))
+    return _finish(loss, rdt, gw, go, grad)
+
+
+def sparse_softmax_cross_entropy_with_logits(labels, logits, *, grad=False):
+    """Per-row softmax cross entropy with class indices, as
+    ``tf.nn.sparse_softmax_cross_entropy_with_logits`` (the class axis is the last).
+
+    ``l = -log softmax(x)[label]`` for labels of shape ``logits.shape[:-1]`` and any integer
+    dtype. A label outside [0, C) raises :class:`LabelError`. Returns the losses, or
+    ``(loss, grad)`` with ``grad = softmax(x) - onehot(label)``.
+    """
+    x0, rdt, cdt = _logits(logits)
+    if x0.ndim == 0:
+        raise ValueError("logits: expected an array with at least one dimension, got shape ()")
+    z0 = as_array(labels, "labels")
+    if z0.shape != x0.shape[:-1]:
+        raise ValueError(
+            f"labels: expected shape {x0.shape[:-1]} (the logits' {x0.shape} without the class "
+            f"axis), got {z0.shape}")
+    z = index_array(z0, "labels")
+    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, z0))
+    loss = np.empty(z0.shape, dtype=cdt)
+    _core.sparse_softmax_cross_entropy_with_logits(
+        z.reshape(-1), contiguous(x0, cdt).reshape(-1), z0.size, x0.shape[-1], loss.reshape(-1),
+        flat(gw))
+    return _finish(loss, rdt, gw, go, grad)

@@ -1,0 +1,328 @@
+"""PyTorch-compatible losses (torch.nn.functional) on NumPy arrays."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from . import _core
+from ._arrays import (as_array, compute_dtype, contiguous, finish, flat, gradient_output,
+                      ignore_value, index_array, real_value, result_dtype)
+
+__all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
+           "log_softmax", "nll_loss", "softmax"]
+
+# at::Reduction's numbering, shared with the C++ enum.
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _reduction(reduction):
+    if not isinstance(reduction, str):
+        raise TypeError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
+    try:
+        return _REDUCTIONS[reduction]
+    except KeyError:
+        raise ValueError(
+            f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}") from None
+
+
+def _scalar_result(value, dt):
+    """A reduced loss as a Python float, rounded to the result dtype (float16 included)."""
+    return float(dt.type(value))
+
+
+def _loss_output(reduction, shape, compute_dt):
+    return np.empty(shape, dtype=compute_dt) if reduction == 0 else None
+
+
+def _result(reduction, value, loss, result_dt, grad_work, grad_out, want_grad):
+    if reduction == 0:
+        out = loss if loss.dtype == result_dt else loss.astype(result_dt)
+    else:
+        out = _scalar_result(value, result_dt)
+    if not want_grad:
+        return out
+    return out, finish(grad_work, grad_out)
+
+
+def _wants(grad):
+    return not (grad is False or grad is None)
+
+
+def _broadcast(w0, name, shape, compute_dt):
+    """An element weight broadcast against `shape` on its trailing dimensions (NumPy rules), as
+    (data, stride, period): element i reads data[(i // stride) % period]. The weight is read in
+    place when its non-1 dimensions are one run of the loss's dimensions; otherwise it is expanded
+    once."""
+    if w0 is None:
+        return None, 1, 1
+    w = as_array(w0, name)
+    if w.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected a numeric dtype, got {w.dtype}")
+    try:
+        full = np.broadcast_shapes(w.shape, shape)
+    except ValueError:
+        raise ValueError(
+            f"{name}: expected a shape that broadcasts to the input's {shape}, got {w.shape}") from None
+    if full != tuple(shape):
+        raise ValueError(
+            f"{name}: expected a shape that broadcasts to the input's {shape} without enlarging "
+            f"it, got {w.shape} (broadcast shape {full})")
+    if math.prod(shape) == 0:
+        return None, 1, 1
+    padded = (1,) * (len(shape) - w.ndim) + w.shape
+    dims = [d for d, n in enumerate(padded) if n != 1]
+    if not dims:
+        return contiguous(w, compute_dt).reshape(-1)[:1], 1, 1
+    a, b = dims[0], dims[-1]
+    if all(padded[d] == shape[d] for d in range(a, b + 1)):
+        return (contiguous(w, compute_dt).reshape(-1), math.prod(shape[b + 1:]),
+                math.prod(shape[a:b + 1]))
+    data = np.ascontiguousarray(np.broadcast_to(w, shape), dtype=compute_dt)
+    return data.reshape(-1), 1, data.size
+
+
+def _binary_args(input, target):
+    x0 = as_array(input, "input")
+    t0 = as_array(target, "target")
+    if t0.dtype.kind not in "f":
+        raise TypeError(f"target: expected a floating dtype (as the input's), got {t0.dtype}")
+    rdt = result_dtype((x0, t0), ("input", "target"))
+    if t0.shape != x0.shape:
+        raise ValueError(
+            f"target: expected the input's shape {x0.shape}, got {t0.shape} (no broadcasting)")
+    return x0, t0, rdt, compute_dtype(rdt)
+
+
+def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=False):
+    """Binary cross entropy of probabilities, as ``torch.nn.functional.binary_cross_entropy``.
+
+    Parameters
+    ----------
+    input : array of probabilities in [0, 1], any shape; float16, float32 or float64.
+    target : floating array of the input's shape, values in [0, 1] (a different floating dtype
+        promotes, as NumPy and PyTorch do).
+    weight : array or None, broadcast against the input's trailing dimensions (a (C,) weight on
+        an (N, C) input scales columns); it may not enlarge the shape.
+    reduction : "mean" (the sum divided by the element count, whatever the weights) | "sum" |
+        "none" (the per-element losses).
+    grad : False, True (return the gradient w.r.t. input too) or an array to write it into (it
+        may be ``input`` itself).
+
+    Per element ``l = -w * (t * max(log p, -100) + (1 - t) * max(log(1 - p), -100))``; the
+    gradient is ``w * (p - t) / max(p * (1 - p), 1e-12)`` (1e-12 held as a float32, as PyTorch).
+    An input or target value outside [0, 1], NaN included, raises ValueError before anything is
+    written. Returns the loss (a Python float, or an array for "none"), or ``(loss, grad)``.
+    """
+    x0, t0, rdt, cdt = _binary_args(input, target)
+    red = _reduction(reduction)
+    w, ws, wp = _broadcast(weight, "weight", x0.shape, cdt)
+    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
+    loss = _loss_output(red, x0.shape, cdt)
+    value = _core.binary_cross_entropy(
+        contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), w, ws, wp, red,
+        flat(loss), flat(gw))
+    return _result(red, value, loss, rdt, gw, go, _wants(grad))
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="mean",
+                                     pos_weight=None, grad=False):
+    """Binary cross entropy of logits, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
+
+    Parameters
+    ----------
+    input : logits of any shape; float16, float32 or float64.
+    target : floating array of the input's shape (not range-checked: soft targets are fine).
+    weight, pos_weight : arrays or None, broadcast against the input's trailing dimensions
+        (pos_weight of shape (C,) weighs the positive term of the last axis; for an (N, C, H, W)
+        input pass (C, 1, 1)). Neither may enlarge the shape.
+    reduction : "mean" (divided by the element count) | "sum" | "none".
+    grad : False | True | array (may be ``input`` itself).
+
+    Per element, with ``L = 1 + (pos_weight - 1) * t``:
+    ``l = w * ((1 - t) * x + L * log(1 + exp(-x)))``, gradient ``w * (L * sigmoid(x) - pos_weight * t)``.
+    Infinite logits give the mathematical limits (0 for x = +inf with t = 1, where PyTorch gives
+    NaN). Returns the loss, or ``(loss, grad)``.
+    """
+    x0, t0, rdt, cdt = _binary_args(input, target)
+    red = _reduction(reduction)
+    w, ws, wp = _broadcast(weight, "weight", x0.shape, cdt)
+    pw, ps, pp = _broadcast(pos_weight, "pos_weight", x0.shape, cdt)
+    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
+    loss = _loss_output(red, x0.shape, cdt)
+    value = _core.binary_cross_entropy_with_logits(
+        contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), w, ws, wp, pw, ps, pp,
+        red, flat(loss), flat(gw))
+    return _result(red, value, loss, rdt, gw, go, _wants(grad))
+
+
+def _class_layout(x0):
+    """(outer, C, inner, per-position shape candidates) for PyTorch's class dimension."""
+    if x0.ndim == 0:
+        raise ValueError("input: expected an array with at least one dimension (C,), (N, C) or "
+                         "(N, C, d1, ..., dK), got shape ()")
+    if x0.ndim == 1:
+        return 1, x0.shape[0], 1, ((), (1,))
+    return (x0.shape[0], x0.shape[1], math.prod(x0.shape[2:]),
+            ((x0.shape[0],) + x0.shape[2:],))
+
+
+def _index_target(t0, x0, shapes, function):
+    if t0.shape not in shapes:
+        expected = " or ".join(str(s) for s in shapes)
+        raise ValueError(
+            f"target: expected class indices of shape {expected} for input of shape {x0.shape}"
+            + (f" (or class probabilities of the input's shape)" if function == "cross_entropy"
+               else "") + f", got shape {t0.shape}")
+    if t0.dtype.kind == "f":
+        raise TypeError(
+            f"target: expected class indices of an integer dtype, got {t0.dtype} (class "
+            f"probabilities must have the input's shape {x0.shape})")
+    return index_array(t0, "target")
+
+
+def _class_weight(weight, channels, cdt):
+    if weight is None:
+        return None
+    w = as_array(weight, "weight")
+    if w.dtype.kind not in "iuf":
+        raise TypeError(f"weight: expected a numeric dtype, got {w.dtype}")
+    if w.ndim != 1 or w.shape[0] != channels:
+        raise ValueError(
+            f"weight: expected a 1-D array of {channels} class weights, got shape {w.shape}")
+    return contiguous(w, cdt)
+
+
+def _smoothing(label_smoothing):
+    eps = real_value(label_smoothing, "label_smoothing")
+    if math.isnan(eps) or eps > 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {eps}")
+    return max(eps, 0.0)  # a negative value means none, as in PyTorch
+
+
+def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, grad=False):
+    """Cross entropy of logits, as ``torch.nn.functional.cross_entropy``.
+
+    Parameters
+    ----------
+    input : logits (C,), (N, C) or (N, C, d1, ..., dK); the class dimension is 1 (0 for 1-D).
+        float16, float32 or float64.
+    target : class indices of shape (), (N,) or (N, d1, ..., dK), any integer dtype; or class
+        probabilities of the input's own shape (floating).
+    weight : (C,) class weights or None.
+    ignore_index : class-index targets equal to it add nothing (any integer; it may be a real
+        class). Must be negative (it is unused) with probability targets.
+    reduction : "mean" | "sum" | "none". With class indices "mean" divides by the sum of the
+        weights of the non-ignored targets (their number without weights): NaN when that is 0,
+        with a zero gradient at ignored positions. With probabilities it divides by N*d1*..*dK.
+    label_smoothing : eps in [0, 1] (negative values act as 0, as in PyTorch). With class
+        indices the loss is ``(1 - eps) * nll + eps / C * sum_c w[c] * (-log p[c])``, both terms
+        under the same divisor; probabilities are smoothed to ``(1 - eps) * q + eps / C``.
+    grad : False | True | array (may be ``input`` itself).
+
+    Per position, class index y: ``l = -w[y] * log softmax(x)[y]`` (plus the smoothing term);
+    probabilities q: ``l = -sum_c w[c] * q[c] * log softmax(x)[c]``. The gradient is the true
+    derivative (``(sum_c w q) * softmax - w * q`` for probabilities, whatever their row sums).
+    An index outside [0, C) that is not ignore_index raises :class:`LabelError`. Returns the loss
+    (a Python float, or an array of the target's per-position shape for "none"), or
+    ``(loss, grad)``.
+    """
+    x0 = as_array(input, "input")
+    t0 = as_array(target, "target")
+    red = _reduction(reduction)
+    eps = _smoothing(label_smoothing)
+    ignore = ignore_value(ignore_index, "ignore_index", allow_none=False)
+    outer, channels, inner, shapes = _class_layout(x0)
+    if t0.shape == x0.shape:
+        if t0.dtype.kind != "f":
+            raise TypeError(
+                f"target: expected a floating dtype for class probabilities (a target of the "
+                f"input's shape {x0.shape}), got {t0.dtype}")
+        if ignore >= 0:
+            raise ValueError(
+                f"ignore_index: expected a negative value (unused) with class probabilities, "
+                f"got {ignore}")
+        rdt = result_dtype((x0, t0), ("input", "target"))
+        cdt = compute_dtype(rdt)
+        w = _class_weight(weight, channels, cdt)
+        gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
+        loss = _loss_output(red, x0.shape[:1] + x0.shape[2:] if x0.ndim > 1 else (), cdt)
+        value = _core.cross_entropy_probabilities(
+            contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), outer, channels,
+            inner, w, red, eps, flat(loss), flat(gw))
+        return _result(red, value, loss, rdt, gw, go, _wants(grad))
+    rdt = result_dtype((x0,), ("input",))
+    cdt = compute_dtype(rdt)
+    t = _index_target(t0, x0, shapes, "cross_entropy")
+    w = _class_weight(weight, channels, cdt)
+    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
+    loss = _loss_output(red, t0.shape, cdt)
+    value = _core.cross_entropy_indices(
+        contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w, ignore, red,
+        eps, flat(loss), flat(gw))
+    return _result(red, value, loss, rdt, gw, go, _wants(grad))
+
+
+def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False):
+    """Negative log likelihood, as ``torch.nn.functional.nll_loss``.
+
+    ``input`` holds log-probabilities (nothing is exponentiated: per position the loss is
+    ``-w[y] * input[y]``); layouts, target, weight, ignore_index, reduction and errors as
+    :func:`cross_entropy` with class indices. The gradient is ``-w[y] / D`` at the target entry
+    (D the divisor of the mean, else 1) and 0 elsewhere. Returns the loss, or ``(loss, grad)``.
+    """
+    x0 = as_array(input, "input")
+    t0 = as_array(target, "target")
+    red = _reduction(reduction)
+    ignore = ignore_value(ignore_index, "ignore_index", allow_none=False)
+    outer, channels, inner, shapes = _class_layout(x0)
+    rdt = result_dtype((x0,), ("input",))
+    cdt = compute_dtype(rdt)
+    t = _index_target(t0, x0, shapes, "nll_loss")
+    w = _class_weight(weight, channels, cdt)
+    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
+    loss = _loss_output(red, t0.shape, cdt)
+    value = _core.nll_loss(
+        contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w, ignore, red,
+        flat(loss), flat(gw))
+    return _result(red, value, loss, rdt, gw, go, _wants(grad))
+
+
+def _axis(axis, ndim, name):
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got {axis!r}")
+    try:
+        ax = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {axis!r}") from None
+    n = max(ndim, 1)  # a 0-d array has one implicit dimension, as in PyTorch
+    if not -n <= ax < n:
+        raise ValueError(f"{name}: expected an integer in [{-n}, {n - 1}], got {ax}")
+    return ax % n
+
+
+def _softmax_like(kernel, input, dim):
+    x0 = as_array(input, "input")
+    rdt = result_dtype((x0,), ("input",))
+    cdt = compute_dtype(rdt)
+    ax = _axis(dim, x0.ndim, "dim")
+    shape = x0.shape if x0.ndim else (1,)
+    out = np.empty(x0.shape, dtype=cdt)
+    kernel(contiguous(x0, cdt).reshape(-1), math.prod(shape[:ax]), shape[ax],
+           math.prod(shape[ax + 1:]), out.reshape(-1))
+    return out if out.dtype == rdt else out.astype(rdt)
+
+
+def log_softmax(input, dim=-1):
+    """``log(softmax(input))`` along `dim`, as ``torch.nn.functional.log_softmax``, from the
+    log-sum-exp: ``x - max - log(sum(exp(x - max)))``. The result has the input's dtype (float16
+    is computed in float32). A +inf logit gives the limit (the +inf entries share the mass)."""
+    return _softmax_like(_core.log_softmax, input, dim)
+
+
+def softmax(input, dim=-1):
+    """``exp(x - max) / sum(exp(x - max))`` along `dim`, as ``torch.nn.functional.softmax``."""
+    return _softmax_like(_core.softmax, input, dim)

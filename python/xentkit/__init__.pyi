@@ -48,6 +48,72 @@ def softmax_with_loss(
     diff: _DiffArg = ...,
     prob: Literal[True],
 ) -> Tuple[float, Optional[npt.NDArray[np.floating[Any]]], npt.NDArray[np.floating[Any]]]: ...
+
+_Array = npt.NDArray[np.floating[Any]]
+_Loss = Union[float, _Array]  # a Python float for "mean"/"sum", an array for "none"
+_Reduction = Literal["none", "mean", "sum"]
+_GradArg = Union[Literal[True], _Array]
+
+@overload
+def binary_cross_entropy(input: npt.ArrayLike, target: npt.ArrayLike,
+                         weight: Optional[npt.ArrayLike] = ..., *, reduction: _Reduction = ...,
+                         grad: Literal[False] = ...) -> _Loss: ...
+@overload
+def binary_cross_entropy(input: npt.ArrayLike, target: npt.ArrayLike,
+                         weight: Optional[npt.ArrayLike] = ..., *, reduction: _Reduction = ...,
+                         grad: _GradArg) -> Tuple[_Loss, _Array]: ...
+@overload
+def binary_cross_entropy_with_logits(input: npt.ArrayLike, target: npt.ArrayLike,
+                                     weight: Optional[npt.ArrayLike] = ..., *,
+                                     reduction: _Reduction = ...,
+                                     pos_weight: Optional[npt.ArrayLike] = ...,
+                                     grad: Literal[False] = ...) -> _Loss: ...
+@overload
+def binary_cross_entropy_with_logits(input: npt.ArrayLike, target: npt.ArrayLike,
+                                     weight: Optional[npt.ArrayLike] = ..., *,
+                                     reduction: _Reduction = ...,
+                                     pos_weight: Optional[npt.ArrayLike] = ...,
+                                     grad: _GradArg) -> Tuple[_Loss, _Array]: ...
+@overload
+def cross_entropy(input: npt.ArrayLike, target: npt.ArrayLike,
+                  weight: Optional[npt.ArrayLike] = ..., *, ignore_index: int = ...,
+                  reduction: _Reduction = ..., label_smoothing: float = ...,
+                  grad: Literal[False] = ...) -> _Loss: ...
+@overload
+def cross_entropy(input: npt.ArrayLike, target: npt.ArrayLike,
+                  weight: Optional[npt.ArrayLike] = ..., *, ignore_index: int = ...,
+                  reduction: _Reduction = ..., label_smoothing: float = ...,
+                  grad: _GradArg) -> Tuple[_Loss, _Array]: ...
+@overload
+def nll_loss(input: npt.ArrayLike, target: npt.ArrayLike, weight: Optional[npt.ArrayLike] = ...,
+             *, ignore_index: int = ..., reduction: _Reduction = ...,
+             grad: Literal[False] = ...) -> _Loss: ...
+@overload
+def nll_loss(input: npt.ArrayLike, target: npt.ArrayLike, weight: Optional[npt.ArrayLike] = ...,
+             *, ignore_index: int = ..., reduction: _Reduction = ...,
+             grad: _GradArg) -> Tuple[_Loss, _Array]: ...
+def log_softmax(input: npt.ArrayLike, dim: int = ...) -> _Array: ...
+def softmax(input: npt.ArrayLike, dim: int = ...) -> _Array: ...
+@overload
+def sigmoid_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLike, *,
+                                      grad: Literal[False] = ...) -> _Array: ...
+@overload
+def sigmoid_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLike, *,
+                                      grad: _GradArg) -> Tuple[_Array, _Array]: ...
+@overload
+def softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLike,
+                                      axis: int = ..., *,
+                                      grad: Literal[False] = ...) -> _Array: ...
+@overload
+def softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLike,
+                                      axis: int = ..., *,
+                                      grad: _GradArg) -> Tuple[_Array, _Array]: ...
+@overload
+def sparse_softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLike, *,
+                                             grad: Literal[False] = ...) -> _Array: ...
+@overload
+def sparse_softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLike, *,
+                                             grad: _GradArg) -> Tuple[_Array, _Array]: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
 def cuda_available() -> bool: ...

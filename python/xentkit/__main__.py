@@ -62,8 +62,69 @@ def _demo() -> int:
     ok &= grad_check("diff", lambda a: xentkit.softmax_with_loss(
         a, labels, ignore_label=255, diff=False)[0], s, diff)
 
+    print("\nPyTorch- and TensorFlow-compatible functions (float64, fresh random inputs):")
+    x = rng.normal(scale=2.0, size=(6, 4))
+    y = rng.integers(0, 4, size=6)
+    y[1] = -100
+    w = rng.uniform(0.5, 2.0, size=4)
+    p = rng.uniform(0.05, 0.95, size=(6, 4))
+    q = rng.uniform(size=(6, 4))
+    lp = x - x.max(axis=1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(axis=1, keepdims=True))
+    keep = y != -100
+    picked = lp[np.arange(6), np.where(keep, y, 0)]
+    softplus = np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0)  # log(1 + exp(-x))
+    cases = [
+        ("cross_entropy (weight, ignore_index)",
+         lambda a: xentkit.cross_entropy(a, y, w, grad=True),
+         lambda a: xentkit.cross_entropy(a, y, w),
+         float(-(w[y[keep]] * picked[keep]).sum() / w[y[keep]].sum())),
+        ("cross_entropy (probabilities, label_smoothing 0.1)",
+         lambda a: xentkit.cross_entropy(a, q, label_smoothing=0.1, grad=True),
+         lambda a: xentkit.cross_entropy(a, q, label_smoothing=0.1),
+         float(-((0.9 * q + 0.025) * lp).sum() / 6)),
+        ("nll_loss", lambda a: xentkit.nll_loss(a, y, reduction="sum", grad=True),
+         lambda a: xentkit.nll_loss(a, y, reduction="sum"), float(-x[keep, y[keep]].sum())),
+        ("binary_cross_entropy", lambda a: xentkit.binary_cross_entropy(a, q, grad=True),
+         lambda a: xentkit.binary_cross_entropy(a, q),
+         float(-(q * np.log(p) + (1 - q) * np.log1p(-p)).mean()), p),
+        ("binary_cross_entropy_with_logits (pos_weight)",
+         lambda a: xentkit.binary_cross_entropy_with_logits(a, q, pos_weight=w, grad=True),
+         lambda a: xentkit.binary_cross_entropy_with_logits(a, q, pos_weight=w),
+         float(((1 - q) * x + (1 + (w - 1) * q) * softplus).mean())),
+        ("sparse_softmax_cross_entropy_with_logits",
+         lambda a: _summed(xentkit.sparse_softmax_cross_entropy_with_logits(np.abs(y) % 4, a,
+                                                                            grad=True)),
+         lambda a: float(xentkit.sparse_softmax_cross_entropy_with_logits(np.abs(y) % 4, a).sum()),
+         float(-lp[np.arange(6), np.abs(y) % 4].sum())),
+        ("softmax_cross_entropy_with_logits (rows not summing to 1)",
+         lambda a: _summed(xentkit.softmax_cross_entropy_with_logits(q, a, grad=True)),
+         lambda a: float(xentkit.softmax_cross_entropy_with_logits(q, a).sum()),
+         float(-(q * lp).sum())),
+        ("sigmoid_cross_entropy_with_logits",
+         lambda a: _summed(xentkit.sigmoid_cross_entropy_with_logits(q, a, grad=True)),
+         lambda a: float(xentkit.sigmoid_cross_entropy_with_logits(q, a).sum()),
+         float((np.maximum(x, 0) - x * q + np.log1p(np.exp(-np.abs(x)))).sum())),
+    ]
+    for case in cases:
+        name, with_grad, value, ref = case[:4]
+        a = (case[4] if len(case) > 4 else x).copy()
+        loss, g = with_grad(a)
+        print(f"  {name}\n    loss = {loss:.10f}   (NumPy formula: {ref:.10f})")
+        ok &= abs(loss - ref) < 1e-12 * max(1.0, abs(ref))
+        ok &= grad_check("  grad", value, a, g)
+    lsm = xentkit.log_softmax(x, dim=1)
+    print(f"  log_softmax: max |xentkit - NumPy| = {np.abs(lsm - lp).max():.2e}")
+    ok &= bool(np.abs(lsm - lp).max() < 1e-12)
+
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
+
+
+def _summed(result):
+    """(loss array, grad) -> (sum of the losses, grad): the gradient is that of the sum."""
+    loss, grad = result
+    return float(loss.sum()), grad
 
 
 def main(argv=None) -> int:

@@ -119,8 +119,8 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
     }
   }
   // Losses. -log p_y = log(sum / e_y) = log1p(sum_other * exp(-(x_y - max))), which keeps its
-  // relative precision when p_y rounds to 1; capped, NaN stays NaN. An overflow of exp(-zy) means
-  // a loss above 709, past Caffe's cap either way. log(sum) = log1p(sum_other_than_argmax).
+  // relative precision when p_y rounds to 1; capped, NaN stays NaN. log(sum) =
+  // log1p(sum_other_than_argmax).
   double acc = 0.0;
   double coef_y[kTile];
   for (int64_t j = 0; j < w; ++j) {
@@ -131,7 +131,10 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
         const double a = sh.keep * class_weight(cw, y[j]);
         coef_y[j] = a;
         if (a != 0.0) {
-          double nll = std::log1p(other_y[j] * std::exp(-zy[j]));
+          // Past exp's range the label is far below the max, so sum_other >= 1 (it holds the
+          // max's e = 1) and log(sum_other + e_y) - zy loses nothing.
+          double nll = zy[j] > -700.0 ? std::log1p(other_y[j] * std::exp(-zy[j]))
+                                      : std::log(other_y[j] + std::exp(zy[j])) - zy[j];
           if (nll > pb.cap) nll = pb.cap;
           l = a * nll;
         }

@@ -180,8 +180,17 @@ def gradient_output(value, name, like, result_dt, compute_dt, inputs):
 def finish(work, out):
     """Copies a scratch result into the returned array (float16 results)."""
     if out is not None and work is not out:
-        np.copyto(out, work, casting="unsafe")
+        with np.errstate(over="ignore"):  # a value past float16's range becomes +-inf, as a cast
+            np.copyto(out, work, casting="unsafe")
     return out
+
+
+def cast(arr, dtype):
+    """`arr` as `dtype` (itself when it already is); values past float16's range become +-inf."""
+    if arr.dtype == dtype:
+        return arr
+    with np.errstate(over="ignore"):
+        return arr.astype(dtype)
 
 
 def flat(arr):

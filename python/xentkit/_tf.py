@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, compute_dtype, contiguous, finish, flat, gradient_output,
+from ._arrays import (as_array, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       index_array, result_dtype)
 from ._torch import _axis
 
@@ -33,7 +33,7 @@ def _real_labels(labels, x0, cdt):
 
 
 def _finish(loss, rdt, gw, go, grad):
-    out = loss if loss.dtype == rdt else loss.astype(rdt)
+    out = cast(loss, rdt)
     if grad is False or grad is None:
         return out
     return out, finish(gw, go)

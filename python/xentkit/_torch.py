@@ -8,7 +8,7 @@ import operator
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, compute_dtype, contiguous, finish, flat, gradient_output,
+from ._arrays import (as_array, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       ignore_value, index_array, real_value, result_dtype)
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
@@ -30,7 +30,8 @@ def _reduction(reduction):
 
 def _scalar_result(value, dt):
     """A reduced loss as a Python float, rounded to the result dtype (float16 included)."""
-    return float(dt.type(value))
+    with np.errstate(over="ignore"):
+        return float(dt.type(value))
 
 
 def _loss_output(reduction, shape, compute_dt):
@@ -39,7 +40,7 @@ def _loss_output(reduction, shape, compute_dt):
 
 def _result(reduction, value, loss, result_dt, grad_work, grad_out, want_grad):
     if reduction == 0:
-        out = loss if loss.dtype == result_dt else loss.astype(result_dt)
+        out = cast(loss, result_dt)
     else:
         out = _scalar_result(value, result_dt)
     if not want_grad:
@@ -58,7 +59,7 @@ def _broadcast(w0, name, shape, compute_dt):
     once."""
     if w0 is None:
         return None, 1, 1
-    w = as_array(w0, name)
+    w = w0
     if w.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected a numeric dtype, got {w.dtype}")
     try:
@@ -96,6 +97,17 @@ def _binary_args(input, target):
     return x0, t0, rdt, compute_dtype(rdt)
 
 
+def _grad(grad, x0, compute_dt, inputs):
+    """The gradient output: the input's shape and dtype (as autograd gives), whatever dtype the
+    loss was computed in; it must not overlap any of `inputs` except the input itself."""
+    return gradient_output(grad, "grad", x0, x0.dtype.newbyteorder("="), compute_dt,
+                           tuple(a for a in inputs if a is not None))
+
+
+def _optional(arr, name):
+    return None if arr is None else as_array(arr, name)
+
+
 def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=False):
     """Binary cross entropy of probabilities, as ``torch.nn.functional.binary_cross_entropy``.
 
@@ -118,8 +130,9 @@ def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=F
     """
     x0, t0, rdt, cdt = _binary_args(input, target)
     red = _reduction(reduction)
-    w, ws, wp = _broadcast(weight, "weight", x0.shape, cdt)
-    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
+    w0 = _optional(weight, "weight")
+    w, ws, wp = _broadcast(w0, "weight", x0.shape, cdt)
+    gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
     loss = _loss_output(red, x0.shape, cdt)
     value = _core.binary_cross_entropy(
         contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), w, ws, wp, red,
@@ -148,9 +161,11 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
     """
     x0, t0, rdt, cdt = _binary_args(input, target)
     red = _reduction(reduction)
-    w, ws, wp = _broadcast(weight, "weight", x0.shape, cdt)
-    pw, ps, pp = _broadcast(pos_weight, "pos_weight", x0.shape, cdt)
-    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
+    w0 = _optional(weight, "weight")
+    p0 = _optional(pos_weight, "pos_weight")
+    w, ws, wp = _broadcast(w0, "weight", x0.shape, cdt)
+    pw, ps, pp = _broadcast(p0, "pos_weight", x0.shape, cdt)
+    gw, go = _grad(grad, x0, cdt, (x0, t0, w0, p0))
     loss = _loss_output(red, x0.shape, cdt)
     value = _core.binary_cross_entropy_with_logits(
         contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), w, ws, wp, pw, ps, pp,
@@ -169,6 +184,11 @@ def _class_layout(x0):
             ((x0.shape[0],) + x0.shape[2:],))
 
 
+def _position_shape(x0):
+    """The shape of per-position losses: the input's without the class dimension."""
+    return x0.shape[:1] + x0.shape[2:] if x0.ndim > 1 else ()
+
+
 def _index_target(t0, x0, shapes, function):
     if t0.shape not in shapes:
         expected = " or ".join(str(s) for s in shapes)
@@ -183,10 +203,9 @@ def _index_target(t0, x0, shapes, function):
     return index_array(t0, "target")
 
 
-def _class_weight(weight, channels, cdt):
-    if weight is None:
+def _class_weight(w, channels, cdt):
+    if w is None:
         return None
-    w = as_array(weight, "weight")
     if w.dtype.kind not in "iuf":
         raise TypeError(f"weight: expected a numeric dtype, got {w.dtype}")
     if w.ndim != 1 or w.shape[0] != channels:
@@ -210,8 +229,9 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     ----------
     input : logits (C,), (N, C) or (N, C, d1, ..., dK); the class dimension is 1 (0 for 1-D).
         float16, float32 or float64.
-    target : class indices of shape (), (N,) or (N, d1, ..., dK), any integer dtype; or class
-        probabilities of the input's own shape (floating).
+    target : class indices of shape () (or (1,)) for 1-D input, (N,) or (N, d1, ..., dK), any
+        integer dtype; or class probabilities of the input's own shape (floating; another
+        floating dtype promotes the loss, the gradient keeps the input's dtype).
     weight : (C,) class weights or None.
     ignore_index : class-index targets equal to it add nothing (any integer; it may be a real
         class). Must be negative (it is unused) with probability targets.
@@ -227,11 +247,12 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     probabilities q: ``l = -sum_c w[c] * q[c] * log softmax(x)[c]``. The gradient is the true
     derivative (``(sum_c w q) * softmax - w * q`` for probabilities, whatever their row sums).
     An index outside [0, C) that is not ignore_index raises :class:`LabelError`. Returns the loss
-    (a Python float, or an array of the target's per-position shape for "none"), or
+    (a Python float, or for "none" an array of the input's shape without the class dimension), or
     ``(loss, grad)``.
     """
     x0 = as_array(input, "input")
     t0 = as_array(target, "target")
+    w0 = _optional(weight, "weight")
     red = _reduction(reduction)
     eps = _smoothing(label_smoothing)
     ignore = ignore_value(ignore_index, "ignore_index", allow_none=False)
@@ -247,9 +268,9 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
                 f"got {ignore}")
         rdt = result_dtype((x0, t0), ("input", "target"))
         cdt = compute_dtype(rdt)
-        w = _class_weight(weight, channels, cdt)
-        gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
-        loss = _loss_output(red, x0.shape[:1] + x0.shape[2:] if x0.ndim > 1 else (), cdt)
+        w = _class_weight(w0, channels, cdt)
+        gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
+        loss = _loss_output(red, _position_shape(x0), cdt)
         value = _core.cross_entropy_probabilities(
             contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), outer, channels,
             inner, w, red, eps, flat(loss), flat(gw))
@@ -257,9 +278,9 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     rdt = result_dtype((x0,), ("input",))
     cdt = compute_dtype(rdt)
     t = _index_target(t0, x0, shapes, "cross_entropy")
-    w = _class_weight(weight, channels, cdt)
-    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
-    loss = _loss_output(red, t0.shape, cdt)
+    w = _class_weight(w0, channels, cdt)
+    gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
+    loss = _loss_output(red, _position_shape(x0), cdt)
     value = _core.cross_entropy_indices(
         contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w, ignore, red,
         eps, flat(loss), flat(gw))
@@ -276,15 +297,16 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean",
     """
     x0 = as_array(input, "input")
     t0 = as_array(target, "target")
+    w0 = _optional(weight, "weight")
     red = _reduction(reduction)
     ignore = ignore_value(ignore_index, "ignore_index", allow_none=False)
     outer, channels, inner, shapes = _class_layout(x0)
     rdt = result_dtype((x0,), ("input",))
     cdt = compute_dtype(rdt)
     t = _index_target(t0, x0, shapes, "nll_loss")
-    w = _class_weight(weight, channels, cdt)
-    gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, t0))
-    loss = _loss_output(red, t0.shape, cdt)
+    w = _class_weight(w0, channels, cdt)
+    gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
+    loss = _loss_output(red, _position_shape(x0), cdt)
     value = _core.nll_loss(
         contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w, ignore, red,
         flat(loss), flat(gw))
@@ -313,7 +335,7 @@ def _softmax_like(kernel, input, dim):
     out = np.empty(x0.shape, dtype=cdt)
     kernel(contiguous(x0, cdt).reshape(-1), math.prod(shape[:ax]), shape[ax],
            math.prod(shape[ax + 1:]), out.reshape(-1))
-    return out if out.dtype == rdt else out.astype(rdt)
+    return cast(out, rdt)
 
 
 def log_softmax(input, dim=-1):

@@ -42,7 +42,9 @@ inline double class_weight(const T* w, int64_t c) noexcept {
 }
 
 /// Runs one softmax tile: positions s0 .. s0+w-1 of outer index o. Returns the sum of its losses.
-template <typename T, typename L>
+/// kLogSum: the call needs log(sum) (smoothing, probability targets, log-softmax); without it the
+/// sweeps keep only what a plain class-index loss needs.
+template <bool kLogSum, typename T, typename L>
 double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, int64_t s0,
                  int64_t w) {
   const int64_t C = pb.channels, inner = pb.inner;
@@ -101,8 +103,10 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
       const double ed = static_cast<double>(e);
       sum[j] += ed;
       if (c != y[j]) other_y[j] += ed;
-      if (c != am[j]) other_m[j] += ed;
-      if (smooth || qrow) {
+      if constexpr (kLogSum) {
+        if (c != am[j]) other_m[j] += ed;
+      }
+      if (kLogSum && (smooth || qrow)) {
         // x - max in double, with the +inf limit; a zero coefficient adds nothing (0 * -inf = 0).
         const double d = at_inf ? 0.0
                          : posinf[j] ? (std::isnan(static_cast<double>(v)) ? NAN : -kInf)
@@ -152,7 +156,7 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
   double inv[kTile], logsum[kTile];
   for (int64_t j = 0; j < w; ++j) {
     inv[j] = 1.0 / sum[j];
-    logsum[j] = std::log1p(other_m[j]);
+    logsum[j] = kLogSum ? std::log1p(other_m[j]) : 0.0;
     coef_y[j] *= pb.grad_scale;
   }
   const double spread_scale = sh.spread * pb.grad_scale;
@@ -241,6 +245,8 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   sh.keep = 1.0 - eps;
   sh.spread = pb.channels > 0 ? eps / static_cast<double>(pb.channels) : 0.0;
 
+  const bool log_sum = pb.soft != nullptr || pb.log_prob != nullptr ||
+                       (pb.labels != nullptr && eps > 0.0);
   const int64_t w_max = std::min<int64_t>(pb.inner, kTile);
   const int64_t tiles_per_outer = (pb.inner + w_max - 1) / w_max;
   const int64_t tasks = pb.outer * tiles_per_outer;
@@ -256,7 +262,13 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
       const int64_t o = t / tiles_per_outer;
       const int64_t s0 = (t % tiles_per_outer) * w_max;
       const int64_t wt = std::min(w_max, pb.inner - s0);
-      acc += pb.op == SoftmaxOp::nll ? nll_tile(pb, o, s0, wt) : xent_tile(pb, sh, o, s0, wt);
+      if (pb.op == SoftmaxOp::nll) {
+        acc += nll_tile(pb, o, s0, wt);
+      } else if (log_sum) {
+        acc += xent_tile<true>(pb, sh, o, s0, wt);
+      } else {
+        acc += xent_tile<false>(pb, sh, o, s0, wt);
+      }
     }
     part[static_cast<size_t>(b)] = acc;
   });

@@ -100,6 +100,24 @@ T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_
   return static_cast<T>(reduce(reduction, sum, mean_divisor));
 }
 
+/// softmax (into prob) or log-softmax (into log_prob) over `channels`.
+template <typename T>
+void softmax_output(const T* input, int64_t outer, int64_t channels, int64_t inner, T* prob,
+                    T* log_prob) {
+  const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
+  T* out = prob ? prob : log_prob;
+  detail::check_pointer("out", out, s.count);
+  detail::check_separate("out", out, input, s.count);
+  detail::SoftmaxProblem<T, int64_t> pb;
+  pb.x = input;
+  pb.outer = outer;
+  pb.channels = channels;
+  pb.inner = inner;
+  pb.prob = prob;
+  pb.log_prob = log_prob;
+  detail::softmax_xent(pb);
+}
+
 }  // namespace
 
 template <typename T>
@@ -196,30 +214,12 @@ T nll_loss(const T* input, const L* target, int64_t outer, int64_t channels, int
 
 template <typename T>
 void log_softmax(const T* input, int64_t outer, int64_t channels, int64_t inner, T* out) {
-  const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
-  detail::check_pointer("out", out, s.count);
-  detail::check_separate("out", out, input, s.count);
-  detail::SoftmaxProblem<T, int64_t> pb;
-  pb.x = input;
-  pb.outer = outer;
-  pb.channels = channels;
-  pb.inner = inner;
-  pb.log_prob = out;
-  detail::softmax_xent(pb);
+  softmax_output<T>(input, outer, channels, inner, nullptr, out);
 }
 
 template <typename T>
 void softmax(const T* input, int64_t outer, int64_t channels, int64_t inner, T* out) {
-  const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
-  detail::check_pointer("out", out, s.count);
-  detail::check_separate("out", out, input, s.count);
-  detail::SoftmaxProblem<T, int64_t> pb;
-  pb.x = input;
-  pb.outer = outer;
-  pb.channels = channels;
-  pb.inner = inner;
-  pb.prob = out;
-  detail::softmax_xent(pb);
+  softmax_output<T>(input, outer, channels, inner, out, nullptr);
 }
 
 #define XENTKIT_CLASS_INDEX(T, L)                                                              \

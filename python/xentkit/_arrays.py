@@ -115,6 +115,22 @@ def ignore_value(ignore_label, name="ignore_label", allow_none=True):
     return value
 
 
+def axis_value(axis, shape, name, what):
+    """An axis argument as an index in [0, ndim) (negative counts from the end). A 0-d array has
+    one implicit axis, as in PyTorch."""
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got {axis!r}")
+    try:
+        ax = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {axis!r}") from None
+    n = max(len(shape), 1)
+    if not -n <= ax < n:
+        raise ValueError(f"{name}: expected an integer in [{-n}, {n}) for {what} of shape "
+                         f"{tuple(shape)}, got {ax}")
+    return ax % n
+
+
 def real_value(value, name):
     if isinstance(value, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{name}: expected a real number, got {value!r}")

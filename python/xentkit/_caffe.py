@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, contiguous, finish, gradient_output, ignore_value, label_array,
+from ._arrays import (as_array, axis_value, contiguous, finish, gradient_output, ignore_value, label_array,
                       real_dtype_for, real_value)
 
 __all__ = ["sigmoid_cross_entropy_loss", "softmax_with_loss"]
@@ -122,16 +121,7 @@ def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalizatio
     nd = x0.ndim
     if nd < 1:
         raise ValueError(f"scores: expected an array with at least one axis, got shape {x0.shape}")
-    if isinstance(axis, (bool, np.bool_)):
-        raise TypeError(f"axis: expected an integer, got {axis!r}")
-    try:
-        ax = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"axis: expected an integer, got {axis!r}") from None
-    if not -nd <= ax < nd:
-        raise ValueError(f"axis: expected an integer in [{-nd}, {nd}) for scores of shape "
-                         f"{x0.shape}, got {ax}")
-    ax %= nd
+    ax = axis_value(axis, x0.shape, "axis", "scores")
     outer = math.prod(x0.shape[:ax])
     channels = x0.shape[ax]
     inner = math.prod(x0.shape[ax + 1:])

@@ -8,9 +8,8 @@ import math
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, cast, compute_dtype, contiguous, finish, flat, gradient_output,
+from ._arrays import (as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       index_array, result_dtype)
-from ._torch import _axis
 
 __all__ = ["sigmoid_cross_entropy_with_logits", "softmax_cross_entropy_with_logits",
            "sparse_softmax_cross_entropy_with_logits"]
@@ -68,7 +67,7 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, *, grad=False):
     x0, rdt, cdt = _logits(logits)
     if x0.ndim == 0:
         raise ValueError("logits: expected an array with at least one dimension, got shape ()")
-    ax = _axis(axis, x0.ndim, "axis")
+    ax = axis_value(axis, x0.shape, "axis", "logits")
     z0, z = _real_labels(labels, x0, cdt)
     gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, z0))
     loss = np.empty(x0.shape[:ax] + x0.shape[ax + 1:], dtype=cdt)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, cast, compute_dtype, contiguous, finish, flat, gradient_output,
+from ._arrays import (as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       ignore_value, index_array, real_value, result_dtype)
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
@@ -203,6 +202,20 @@ def _index_target(t0, x0, shapes, function):
     return index_array(t0, "target")
 
 
+def _class_index(kernel, function, x0, t0, w0, red, ignore, grad, *options):
+    """The class-index path of cross_entropy (options: label smoothing) and nll_loss."""
+    outer, channels, inner, shapes = _class_layout(x0)
+    rdt = result_dtype((x0,), ("input",))
+    cdt = compute_dtype(rdt)
+    t = _index_target(t0, x0, shapes, function)
+    w = _class_weight(w0, channels, cdt)
+    gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
+    loss = _loss_output(red, _position_shape(x0), cdt)
+    value = kernel(contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w,
+                   ignore, red, *options, flat(loss), flat(gw))
+    return _result(red, value, loss, rdt, gw, go, _wants(grad))
+
+
 def _class_weight(w, channels, cdt):
     if w is None:
         return None
@@ -275,16 +288,8 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), outer, channels,
             inner, w, red, eps, flat(loss), flat(gw))
         return _result(red, value, loss, rdt, gw, go, _wants(grad))
-    rdt = result_dtype((x0,), ("input",))
-    cdt = compute_dtype(rdt)
-    t = _index_target(t0, x0, shapes, "cross_entropy")
-    w = _class_weight(w0, channels, cdt)
-    gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
-    loss = _loss_output(red, _position_shape(x0), cdt)
-    value = _core.cross_entropy_indices(
-        contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w, ignore, red,
-        eps, flat(loss), flat(gw))
-    return _result(red, value, loss, rdt, gw, go, _wants(grad))
+    return _class_index(_core.cross_entropy_indices, "cross_entropy", x0, t0, w0, red, ignore,
+                        grad, eps)
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False):
@@ -300,37 +305,14 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean",
     w0 = _optional(weight, "weight")
     red = _reduction(reduction)
     ignore = ignore_value(ignore_index, "ignore_index", allow_none=False)
-    outer, channels, inner, shapes = _class_layout(x0)
-    rdt = result_dtype((x0,), ("input",))
-    cdt = compute_dtype(rdt)
-    t = _index_target(t0, x0, shapes, "nll_loss")
-    w = _class_weight(w0, channels, cdt)
-    gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
-    loss = _loss_output(red, _position_shape(x0), cdt)
-    value = _core.nll_loss(
-        contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w, ignore, red,
-        flat(loss), flat(gw))
-    return _result(red, value, loss, rdt, gw, go, _wants(grad))
-
-
-def _axis(axis, ndim, name):
-    if isinstance(axis, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected an integer, got {axis!r}")
-    try:
-        ax = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {axis!r}") from None
-    n = max(ndim, 1)  # a 0-d array has one implicit dimension, as in PyTorch
-    if not -n <= ax < n:
-        raise ValueError(f"{name}: expected an integer in [{-n}, {n - 1}], got {ax}")
-    return ax % n
+    return _class_index(_core.nll_loss, "nll_loss", x0, t0, w0, red, ignore, grad)
 
 
 def _softmax_like(kernel, input, dim):
     x0 = as_array(input, "input")
     rdt = result_dtype((x0,), ("input",))
     cdt = compute_dtype(rdt)
-    ax = _axis(dim, x0.ndim, "dim")
+    ax = axis_value(dim, x0.shape, "dim", "input")
     shape = x0.shape if x0.ndim else (1,)
     out = np.empty(x0.shape, dtype=cdt)
     kernel(contiguous(x0, cdt).reshape(-1), math.prod(shape[:ax]), shape[ax],

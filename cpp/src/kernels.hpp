@@ -61,9 +61,11 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb);
 
 /// Checks every label (throwing label_error for the first bad one, value_error when channels is 0
 /// with positions to score) and returns the number of non-ignored positions.
+/// `argument` and `scores` name the labels and the scores in messages.
 template <typename L>
 int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
-                        const std::optional<int64_t>& ignore, const char* argument = "labels");
+                        const std::optional<int64_t>& ignore, const char* argument = "labels",
+                        const char* scores = "scores");
 
 /// The sum of weight[label] over non-ignored positions (labels already validated), in double.
 template <typename T, typename L>

@@ -76,7 +76,8 @@ T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_
   detail::check_pointer("target", target, s.positions);
   detail::check_output("grad", grad, input, s.count);
   const std::optional<int64_t> ignore(ignore_index);
-  const int64_t valid = detail::validate_labels(target, s.positions, channels, ignore, "target");
+  const int64_t valid = detail::validate_labels(target, s.positions, channels, ignore,
+                                                "target", "input");
   double mean_divisor = static_cast<double>(valid);
   if (reduction == Reduction::mean && weight != nullptr) {
     mean_divisor = detail::target_weight_sum(target, s.positions, channels, ignore, weight);

@@ -277,7 +277,8 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
 
 template <typename L>
 int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
-                        const std::optional<int64_t>& ignore, const char* argument) {
+                        const std::optional<int64_t>& ignore, const char* argument,
+                        const char* scores) {
   const bool has_ignore = ignore.has_value();
   const int64_t ign = ignore.value_or(0);
   int64_t valid = 0;
@@ -285,9 +286,10 @@ int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
     const int64_t k = classify_label(labels[i], channels, has_ignore, ign);
     if (k == kInvalid) {
       if (channels == 0) {
-        throw value_error(
-            "scores: expected at least one class along the softmax axis, got 0 classes with " +
-            std::to_string(positions) + " label positions to score");
+        throw value_error(std::string(scores) +
+                          ": expected at least one class along the class axis, got 0 classes "
+                          "with a label to score (" + argument + " at flat index " +
+                          std::to_string(i) + ")");
       }
       throw make_label_error(argument, labels[i], i, channels, ignore);
     }
@@ -312,7 +314,7 @@ double target_weight_sum(const L* labels, int64_t positions, int64_t channels,
 #define XENTKIT_SOFTMAX_XENT(T, L) template double softmax_xent<T, L>(const SoftmaxProblem<T, L>&);
 #define XENTKIT_VALIDATE(T, L)                                                        \
   template int64_t validate_labels<L>(const L*, int64_t, int64_t,                     \
-                                      const std::optional<int64_t>&, const char*);
+                                      const std::optional<int64_t>&, const char*, const char*);
 #define XENTKIT_WEIGHT_SUM(T, L)                                                       \
   template double target_weight_sum<T, L>(const L*, int64_t, int64_t,                  \
                                           const std::optional<int64_t>&, const T*);

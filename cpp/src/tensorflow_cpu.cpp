@@ -59,7 +59,7 @@ void sparse_softmax_cross_entropy_with_logits(const L* labels, const T* logits, 
   detail::check_pointer("labels", labels, rows);
   detail::check_pointer("logits", logits, count);
   detail::check_output("grad", grad, logits, count);
-  detail::validate_labels(labels, rows, channels, std::nullopt, "labels");
+  detail::validate_labels(labels, rows, channels, std::nullopt, "labels", "logits");
   detail::SoftmaxProblem<T, L> pb;
   pb.x = logits;
   pb.labels = labels;

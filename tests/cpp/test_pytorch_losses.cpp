@@ -1138,6 +1138,26 @@ TYPED_TEST(CrossEntropyNumerics, LossIsNotCappedLikeCaffes) {
   EXPECT_TRUE(xkref::close(got.grad, {-1, 1, -1, 1}, Acc<T>::rtol, 0.0));
 }
 
+TYPED_TEST(CrossEntropyNumerics, LabelFarBelowTheMaxBeyondExpRange) {
+  using T = TypeParam;
+  // A label logit more than ~709 below the row's max: exp(max - x_y) overflows, the loss does
+  // not. Rows: (710, 0) label 1 -> 710 + log1p(e^-710); (2000, 0, -5) label 2 -> 2005 + tiny;
+  // (1e30, 0) label 1 -> 1e30.
+  const std::vector<T> x = {710, 0, 2000, 0, -5, T(1e30), 0};
+  CrossEntropyOptions opt;
+  opt.reduction = Reduction::none;
+  const auto a = run_ce(std::vector<T>{x[0], x[1]}, std::vector<int64_t>{1}, Layout{1, 2, 1},
+                        nullptr, opt);
+  EXPECT_TRUE(near_rel(a.loss[0], 710.0, Acc<T>::rtol, 0.0));
+  const auto b = run_ce(std::vector<T>{x[2], x[3], x[4]}, std::vector<int64_t>{2},
+                        Layout{1, 3, 1}, nullptr, opt);
+  EXPECT_TRUE(near_rel(b.loss[0], 2005.0, Acc<T>::rtol, 0.0));
+  EXPECT_TRUE(xkref::close(b.grad, {1, 0, -1}, Acc<T>::rtol, 0.0));
+  const auto c = run_ce(std::vector<T>{x[5], x[6]}, std::vector<int64_t>{1}, Layout{1, 2, 1},
+                        nullptr, opt);
+  EXPECT_TRUE(near_rel(c.loss[0], static_cast<double>(T(1e30)), Acc<T>::rtol, 0.0));
+}
+
 TYPED_TEST(CrossEntropyNumerics, InfiniteLogits) {
   using T = TypeParam;
   const T inf = std::numeric_limits<T>::infinity();

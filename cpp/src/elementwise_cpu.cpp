@@ -93,7 +93,7 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
       }
       if (weighted) {
         const double w = static_cast<double>(broadcast_at(pb.weight, i));
-        l = (w == 0.0) ? 0.0 : w * l;  // a zero weight removes the term, also an infinite one
+        l = (w == 0.0 && std::isinf(l)) ? 0.0 : w * l;  // 0 * inf = 0 (the limit); NaN stays
         g *= w;
       }
       acc += l;

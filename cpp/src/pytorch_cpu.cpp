@@ -16,8 +16,6 @@
 namespace xentkit {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
 template <typename T>
 void check_probabilities(const char* what, const T* v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
@@ -36,9 +34,10 @@ inline double divisor(Reduction reduction, double mean_divisor) {
   return reduction == Reduction::mean ? mean_divisor : 1.0;
 }
 
+/// The reduced loss: the mean is sum / divisor as PyTorch divides (0 / 0 = NaN over nothing;
+/// a nonzero sum over a zero weight sum is +-inf).
 inline double reduce(Reduction reduction, double sum, double mean_divisor) {
-  if (reduction != Reduction::mean) return sum;
-  return mean_divisor == 0.0 ? kNaN : sum / mean_divisor;
+  return reduction == Reduction::mean ? sum / mean_divisor : sum;
 }
 
 /// Label smoothing as PyTorch reads it: above 1 (or NaN) is an error, negative means none.
@@ -188,7 +187,8 @@ T cross_entropy(const T* input, const T* target, int64_t outer, int64_t channels
   const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
   detail::check_pointer("target", target, s.count);
   detail::check_output("grad", grad, input, s.count);
-  const double positions = static_cast<double>(s.positions);
+  // The mean divides by numel / C, as PyTorch: 0 / 0 (NaN) when there are no classes.
+  const double positions = channels == 0 ? 0.0 : static_cast<double>(s.positions);
   detail::SoftmaxProblem<T, int64_t> pb;
   pb.x = input;
   pb.soft = target;

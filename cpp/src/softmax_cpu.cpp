@@ -41,6 +41,11 @@ inline double class_weight(const T* w, int64_t c) noexcept {
   return w ? static_cast<double>(w[c]) : 1.0;
 }
 
+/// w * v, where a zero weight removes an infinite term (0 * inf = 0: the limit) but not a NaN.
+inline double weighted(double w, double v) noexcept {
+  return (w == 0.0 && std::isinf(v)) ? 0.0 : w * v;
+}
+
 /// Runs one softmax tile: positions s0 .. s0+w-1 of outer index o. Returns the sum of its losses.
 /// kLogSum: the call needs log(sum) (smoothing, probability targets, log-softmax); without it the
 /// sweeps keep only what a plain class-index loss needs.
@@ -107,16 +112,16 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
         if (c != am[j]) other_m[j] += ed;
       }
       if (kLogSum && (smooth || qrow)) {
-        // x - max in double, with the +inf limit; a zero coefficient adds nothing (0 * -inf = 0).
+        // x - max in double, with the +inf limit; a zero coefficient removes a -inf term.
         const double d = at_inf ? 0.0
                          : posinf[j] ? (std::isnan(static_cast<double>(v)) ? NAN : -kInf)
                                      : static_cast<double>(v) - static_cast<double>(m[j]);
         if (smooth) {
-          if (wc != 0.0) wsum[j] += wc * d;
+          wsum[j] += weighted(wc, d);
         } else {
           const double qw = wc * (sh.keep * static_cast<double>(qrow[j]) + sh.spread);
           qsum[j] += qw;
-          if (qw != 0.0) wsum[j] += qw * d;
+          wsum[j] += weighted(qw, d);
         }
       }
       if (srow) srow[j] = e;
@@ -134,14 +139,13 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
       if (y[j] >= 0) {
         const double a = sh.keep * class_weight(cw, y[j]);
         coef_y[j] = a;
-        if (a != 0.0) {
-          // Past exp's range the label is far below the max, so sum_other >= 1 (it holds the
-          // max's e = 1) and log(sum_other + e_y) - zy loses nothing.
-          double nll = zy[j] > -700.0 ? std::log1p(other_y[j] * std::exp(-zy[j]))
-                                      : std::log(other_y[j] + std::exp(zy[j])) - zy[j];
-          if (nll > pb.cap) nll = pb.cap;
-          l = a * nll;
-        }
+        // When sum_other / e_y overflows, the label is far below the max, so sum_other >= 1 (it
+        // holds the max's e = 1) and log(sum_other + e_y) - zy loses nothing.
+        const double ratio = other_y[j] * std::exp(-zy[j]);
+        double nll = std::isinf(ratio) ? std::log(other_y[j] + std::exp(zy[j])) - zy[j]
+                                       : std::log1p(ratio);
+        if (nll > pb.cap) nll = pb.cap;
+        l = weighted(a, nll);
         if (smooth) l += sh.spread * (sh.total_weight * std::log1p(other_m[j]) - wsum[j]);
       }
     } else if (soft) {
@@ -214,7 +218,7 @@ double nll_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w
     y[j] = classify_label(lab[j], C, pb.has_ignore, pb.ignore);
     wy[j] = y[j] >= 0 ? class_weight(pb.class_weight, y[j]) : 0.0;
     double l = 0.0;
-    if (y[j] >= 0 && wy[j] != 0.0) l = -wy[j] * static_cast<double>(pb.x[off + y[j] * inner + j]);
+    if (y[j] >= 0) l = weighted(-wy[j], static_cast<double>(pb.x[off + y[j] * inner + j]));
     if (pb.loss) pb.loss[o * inner + s0 + j] = static_cast<T>(l);
     acc += l;
   }

@@ -18,13 +18,11 @@ _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def _reduction(reduction):
-    if not isinstance(reduction, str):
-        raise TypeError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
-    try:
-        return _REDUCTIONS[reduction]
-    except KeyError:
-        raise ValueError(
-            f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}") from None
+    # ValueError for anything else, strings or not, as PyTorch.
+    value = _REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
+    if value is None:
+        raise ValueError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
+    return value
 
 
 def _scalar_result(value, dt):

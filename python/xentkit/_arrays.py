@@ -8,7 +8,6 @@ import numpy as np
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_REAL = (np.dtype(np.float32), np.dtype(np.float64))
 _HALF = np.dtype(np.float16)
 
 
@@ -42,22 +41,15 @@ def as_array(obj, name):
     return np.asarray(view)
 
 
-def real_dtype_for(arr, name):
-    """The dtype computations run in for a floating input: float32 for float16, else its own."""
-    dt = arr.dtype
-    if dt in _REAL:
-        return dt
-    if dt == _HALF:
-        return np.dtype(np.float32)
-    if dt.kind == "f" and dt.itemsize in (2, 4, 8):  # non-native byte order
-        return np.dtype(np.float32) if dt.itemsize == 2 else dt.newbyteorder("=")
-    raise TypeError(f"{name}: expected dtype float16, float32 or float64, got {dt}")
-
-
 def compute_dtype(dtype):
     """float16 is computed in float32; float32/float64 in themselves (native byte order)."""
     dtype = np.dtype(dtype).newbyteorder("=")
     return np.dtype(np.float32) if dtype == _HALF else dtype
+
+
+def real_dtype_for(arr, name):
+    """The dtype computations run in for a floating input: float32 for float16, else its own."""
+    return compute_dtype(result_dtype((arr,), (name,)))
 
 
 def result_dtype(arrays, names):

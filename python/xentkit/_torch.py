@@ -200,9 +200,9 @@ def _index_target(t0, x0, shapes, function):
     return index_array(t0, "target")
 
 
-def _class_index(kernel, function, x0, t0, w0, red, ignore, grad, *options):
+def _class_index(kernel, function, layout, x0, t0, w0, red, ignore, grad, *options):
     """The class-index path of cross_entropy (options: label smoothing) and nll_loss."""
-    outer, channels, inner, shapes = _class_layout(x0)
+    outer, channels, inner, shapes = layout
     rdt = result_dtype((x0,), ("input",))
     cdt = compute_dtype(rdt)
     t = _index_target(t0, x0, shapes, function)
@@ -267,7 +267,8 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     red = _reduction(reduction)
     eps = _smoothing(label_smoothing)
     ignore = ignore_value(ignore_index, "ignore_index", allow_none=False)
-    outer, channels, inner, shapes = _class_layout(x0)
+    layout = _class_layout(x0)
+    outer, channels, inner, _ = layout
     if t0.shape == x0.shape:
         if t0.dtype.kind != "f":
             raise TypeError(
@@ -286,8 +287,8 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             contiguous(x0, cdt).reshape(-1), contiguous(t0, cdt).reshape(-1), outer, channels,
             inner, w, red, eps, flat(loss), flat(gw))
         return _result(red, value, loss, rdt, gw, go, _wants(grad))
-    return _class_index(_core.cross_entropy_indices, "cross_entropy", x0, t0, w0, red, ignore,
-                        grad, eps)
+    return _class_index(_core.cross_entropy_indices, "cross_entropy", layout, x0, t0, w0, red,
+                        ignore, grad, eps)
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False):
@@ -303,7 +304,8 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean",
     w0 = _optional(weight, "weight")
     red = _reduction(reduction)
     ignore = ignore_value(ignore_index, "ignore_index", allow_none=False)
-    return _class_index(_core.nll_loss, "nll_loss", x0, t0, w0, red, ignore, grad)
+    return _class_index(_core.nll_loss, "nll_loss", _class_layout(x0), x0, t0, w0, red, ignore,
+                        grad)
 
 
 def _softmax_like(kernel, input, dim):

@@ -16,9 +16,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.hpp"
+#include "simd/fast.hpp"
 #include "xentkit/detail/labels.hpp"
 #include "xentkit/detail/parallel.hpp"
 
@@ -233,6 +235,95 @@ double nll_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w
   return acc;
 }
 
+/// The tasks [t0, t1) of a float32 class-index (or target-free) call on the vectorised kernels;
+/// rows or groups they hand back, and the positions left over at the end of a tile, go to
+/// xent_tile. Same sum order as the scalar loop: position by position.
+template <typename L>
+double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fast::Kernels& k,
+                  int64_t t0, int64_t t1, int64_t w_max, int64_t tiles_per_outer) {
+  constexpr int64_t kChunk = 256;
+  const int64_t C = pb.channels, inner = pb.inner;
+  int32_t y[kChunk];
+  double a[kChunk], loss[kChunk];
+  auto fill = [&](const L* lab, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t c = lab ? classify_label(lab[j], C, pb.has_ignore, pb.ignore) : -2;
+      y[j] = c >= 0 ? static_cast<int32_t>(c) : (lab ? fast::kSkip : fast::kNoLabel);
+      a[j] = c >= 0 ? class_weight(pb.class_weight, c) : 0.0;
+    }
+  };
+  fast::SoftmaxJob job;
+  job.channels = C;
+  job.inner = inner;
+  job.y = y;
+  job.a = a;
+  job.loss = loss;
+  job.grad_scale = pb.grad_scale;
+  job.cap = pb.cap;
+  double acc = 0.0;
+  if (inner == 1) {
+    for (int64_t r0 = t0; r0 < t1;) {
+      const int64_t n = std::min(kChunk, t1 - r0);
+      fill(pb.labels ? pb.labels + r0 : nullptr, n);
+      int64_t i = 0;
+      while (i < n) {
+        job.x = pb.x + (r0 + i) * C;
+        job.diff = pb.diff ? pb.diff + (r0 + i) * C : nullptr;
+        job.prob = pb.prob ? pb.prob + (r0 + i) * C : nullptr;
+        job.count = n - i;
+        job.y = y + i;
+        job.a = a + i;
+        job.loss = loss + i;
+        const int64_t done = k.softmax_rows(job);
+        for (int64_t j = i; j < i + done; ++j) {
+          if (pb.loss) pb.loss[r0 + j] = static_cast<float>(loss[j]);
+          acc += loss[j];
+        }
+        i += done;
+        if (i < n) {  // a row with a NaN or infinite logit
+          acc += xent_tile<false>(pb, sh, r0 + i, 0, 1);
+          ++i;
+        }
+      }
+      r0 += n;
+    }
+    return acc;
+  }
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t o = t / tiles_per_outer;
+    const int64_t s0 = (t % tiles_per_outer) * w_max;
+    const int64_t wt = std::min(w_max, inner - s0);
+    const int64_t groups = wt / fast::kLanes;
+    fill(pb.labels ? pb.labels + o * inner + s0 : nullptr, wt);
+    const int64_t off = o * C * inner + s0;
+    int64_t g = 0;
+    while (g < groups) {
+      const int64_t j = g * fast::kLanes;
+      job.x = pb.x + off + j;
+      job.diff = pb.diff ? pb.diff + off + j : nullptr;
+      job.prob = pb.prob ? pb.prob + off + j : nullptr;
+      job.count = groups - g;
+      job.y = y + j;
+      job.a = a + j;
+      job.loss = loss + j;
+      const int64_t done = k.softmax_positions(job);
+      for (int64_t q = j; q < (g + done) * fast::kLanes; ++q) {
+        if (pb.loss) pb.loss[o * inner + s0 + q] = static_cast<float>(loss[q]);
+        acc += loss[q];
+      }
+      g += done;
+      if (g < groups) {  // a group with a NaN or infinite logit
+        acc += xent_tile<false>(pb, sh, o, s0 + g * fast::kLanes, fast::kLanes);
+        ++g;
+      }
+    }
+    if (groups * fast::kLanes < wt) {
+      acc += xent_tile<false>(pb, sh, o, s0 + groups * fast::kLanes, wt - groups * fast::kLanes);
+    }
+  }
+  return acc;
+}
+
 }  // namespace
 
 template <typename T, typename L>
@@ -259,8 +350,19 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   const int64_t n_blocks = (tasks + tasks_per_block - 1) / tasks_per_block;
   std::vector<double> part(static_cast<size_t>(n_blocks), 0.0);
   const int64_t work = pb.outer * std::max<int64_t>(1, pb.channels) * pb.inner;
+  const fast::Kernels* vec = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    if (pb.op == SoftmaxOp::xent && !log_sum) vec = fast::kernels();
+  }
   parallel_blocks(n_blocks, threads_for(work, n_blocks), [&](int64_t b) {
     const int64_t t_end = std::min(tasks, (b + 1) * tasks_per_block);
+    if constexpr (std::is_same_v<T, float>) {
+      if (vec) {
+        part[static_cast<size_t>(b)] =
+            fast_tasks(pb, sh, *vec, b * tasks_per_block, t_end, w_max, tiles_per_outer);
+        return;
+      }
+    }
     double acc = 0.0;
     for (int64_t t = b * tasks_per_block; t < t_end; ++t) {
       const int64_t o = t / tiles_per_outer;

@@ -1,0 +1,62 @@
+#pragma once
+// The vectorised float32 kernels (internal) and the choice of instruction set at run time.
+//
+// The kernels cover the hot cases of the two families; everything else (float64, smoothing,
+// probability targets, log-softmax outputs, non-finite rows, element weights) stays on the scalar
+// kernels, which remain the reference. A kernel returns how far it got: it stops before touching
+// a row or a group of positions it cannot take (a NaN or infinite logit), so the caller can hand
+// exactly that one to the scalar kernel and resume after it.
+
+#include <cstdint>
+
+namespace xentkit::detail::fast {
+
+/// Per-row (or per-position) labels as the kernels read them.
+inline constexpr int32_t kNoLabel = -2;  // softmax only: no loss, no gradient
+inline constexpr int32_t kSkip = -1;     // ignored: loss 0, gradient 0
+
+/// A run of softmax rows (class axis innermost: row r holds x[r*C .. r*C+C)) or of groups of W
+/// positions (class stride `inner`: position j of class c at x[c*inner + j]).
+struct SoftmaxJob {
+  const float* x = nullptr;   // first element of the run
+  float* diff = nullptr;      // gradient (may alias x) or null
+  float* prob = nullptr;      // softmax (distinct from x and diff) or null
+  int64_t count = 0;          // rows, or groups of W positions
+  int64_t channels = 0;       // C >= 1
+  int64_t inner = 1;          // class stride (positions kernel only)
+  const int32_t* y = nullptr; // label per row / position: class, kSkip or kNoLabel
+  const double* a = nullptr;  // per row / position: the class weight of its label
+  double grad_scale = 1.0;
+  double cap = 0.0;           // upper bound of -log p[y]
+  double* loss = nullptr;     // out: per row / position loss (weighted, capped)
+};
+
+/// Elementwise sigmoid cross entropy on logits, no weights: loss (1 - t) x + softplus(-x) and
+/// gradient grad_scale * (sigmoid(x) - t).
+struct SigmoidJob {
+  const float* x = nullptr;
+  const float* t = nullptr;
+  int64_t n = 0;
+  float* diff = nullptr;      // may alias x
+  float* loss = nullptr;      // per-element losses or null
+  double grad_scale = 1.0;
+};
+
+struct Kernels {
+  const char* name;
+  /// Rows, class axis innermost. Returns the number of rows done (< count: row `done` has a
+  /// NaN or infinite logit and was not touched).
+  int64_t (*softmax_rows)(const SoftmaxJob&);
+  /// Groups of W = 16 positions with class stride `inner`. Returns the groups done.
+  int64_t (*softmax_positions)(const SoftmaxJob&);
+  /// Returns the elements done (a multiple of 16 or n); the sum of their losses in *sum.
+  int64_t (*sigmoid)(const SigmoidJob&, double* sum);
+};
+
+/// The kernels for the instruction set in use, or null when none is compiled in (then the
+/// scalar kernels do everything).
+const Kernels* kernels() noexcept;
+
+inline constexpr int kLanes = 16;
+
+}  // namespace xentkit::detail::fast

@@ -1,0 +1,4 @@
+// The vectorised kernels built for one instruction set (flags set in cpp/CMakeLists.txt).
+#define XENTKIT_ISA avx2
+#define XENTKIT_ISA_NAME "avx2"
+#include "simd/kernels_impl.hpp"

@@ -1,0 +1,302 @@
+// The vectorised float32 kernels, compiled once per instruction set: a translation unit defines
+// XENTKIT_ISA (its namespace) and includes this file. See fast.hpp for the contracts.
+//
+// Softmax, per row (or per group of 16 positions), while the row is in cache:
+//   A: the max (a NaN or infinite max, or any NaN, hands the row back untouched);
+//   B: e = exp(x - max) once per element, stored where the gradient or softmax goes; the sum of
+//      e over the classes other than the label is accumulated in double, e[label] kept apart;
+//   finish (vectorised over up to 16 rows): -log p[y] = log1p(sum_other / e[y]), 1 / sum;
+//   C: p = e / sum, gradient e * (w grad_scale / sum) and, at the label,
+//      -(sum_other / sum) w grad_scale, which keeps its precision when p[y] rounds to 1.
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "simd/fast.hpp"
+
+#ifndef XENTKIT_ISA
+#error "define XENTKIT_ISA before including kernels_impl.hpp"
+#endif
+
+namespace xentkit::detail::fast::XENTKIT_ISA {
+namespace {
+
+#include "simd/vec.hpp"
+
+static_assert(W == kLanes, "lane count");
+
+constexpr float kFloatInf = std::numeric_limits<float>::infinity();
+
+/// Losses, 1/sum and the gradient scales of `n` <= W rows from their sums.
+struct Finish {
+  float pinv[W];   // 1 / sum, for the softmax
+  float scale[W];  // w grad_scale / sum, for the gradient off the label (0 when ignored)
+  float gy[W];     // the gradient at the label
+};
+
+/// other: the sum of e over the classes other than the label (all classes without a label);
+/// ey: e at the label; zy: x[label] - max (read before any in-place write).
+inline void finish_rows(int n, const double* other, const float* ey, const float* zy,
+                        const int32_t* y, const double* a, double grad_scale, double cap,
+                        double* loss, Finish& f) noexcept {
+  double o_buf[W], a_buf[W];
+  float ey_buf[W];
+  int32_t y_buf[W];
+  for (int k = 0; k < W; ++k) {
+    const bool in = k < n;
+    o_buf[k] = in ? other[k] : 1.0;
+    ey_buf[k] = in ? ey[k] : 1.0f;
+    y_buf[k] = in ? y[k] : kSkip;
+    a_buf[k] = in ? a[k] : 0.0;
+  }
+  const vd vo = load_d(o_buf);
+  const vf vey = load(ey_buf);
+  const vi vy = load_i(y_buf);
+  const vi labelled = vy >= splat_i(0);
+  const vl labelled_d = wide_mask(labelled);
+  const vd sum = vo + (labelled_d ? widen(vey) : splat_d(0.0));
+  const vd inv = 1.0 / sum;
+  const vd coef = load_d(a_buf) * grad_scale;
+  // -log p[y] = log1p(other / e[y]) in float; exact enough when e[y] is not tiny (the ratio
+  // stays below 2^127); tiny e[y] lanes are redone below in double.
+  const vf ratio = narrow(vo / widen(vey > splat(0x1p-100f) ? vey : splat(1.0f)));
+  const vd nll = widen(log1p_nonneg(ratio));
+  const vd lv = labelled_d ? (nll > splat_d(cap) ? splat_d(cap) : nll) * load_d(a_buf) : splat_d(0.0);
+  double lbuf[W];
+  store_d(lbuf, lv);
+  store(f.pinv, narrow(inv));
+  store(f.scale, labelled ? narrow(inv * coef) : splat(0.0f));
+  store(f.gy, labelled ? narrow(-(vo * inv) * coef) : splat(0.0f));
+  for (int k = 0; k < n; ++k) {
+    if (y[k] >= 0 && !(ey[k] > 0x1p-100f)) {
+      // e[y] tiny or 0: the label sits far below the max, other >= 1 holds the max's e = 1.
+      const double z = static_cast<double>(zy[k]);
+      const double r = other[k] * std::exp(-z);
+      double l = std::isinf(r) ? std::log(other[k] + std::exp(z)) - z : std::log1p(r);
+      if (l > cap) l = cap;
+      lbuf[k] = (a[k] == 0.0 && std::isinf(l)) ? 0.0 : a[k] * l;
+    }
+    loss[k] = lbuf[k];
+  }
+}
+
+/// True when the vector holds a NaN or an infinity.
+inline vi nonfinite(vf v) noexcept { return (v - v) != splat(0.0f); }
+
+int64_t softmax_rows(const SoftmaxJob& jb) {
+  const int64_t C = jb.channels;
+  const int64_t full = C / W * W;
+  const int tail = static_cast<int>(C - full);
+  // Rows per batch: the e of a batch stay in L1 between sweeps B and C.
+  const int64_t batch = C >= 4096 ? 1 : (C >= 256 ? 4 : W);
+  const vi lanes = iota();
+  for (int64_t r0 = 0; r0 < jb.count; r0 += batch) {
+    int n = static_cast<int>(std::min<int64_t>(batch, jb.count - r0));
+    double other[W];
+    float ey[W], zy[W], mx[W];
+    // Sweep A for the whole batch first, so that a bad row is handed back untouched.
+    bool stop = false;
+    for (int k = 0; k < n; ++k) {
+      const float* x = jb.x + (r0 + k) * C;
+      vf vm = splat(-kFloatInf);
+      vi bad = splat_i(0);
+      for (int64_t c = 0; c < full; c += W) {
+        const vf v = load(x + c);
+        bad |= (v != v);
+        vm = max_keep(vm, v);
+      }
+      if (tail) {
+        const vf v = load_part(x + full, tail, -kFloatInf);
+        bad |= (v != v);
+        vm = max_keep(vm, v);
+      }
+      const float m = hmax(vm);
+      if (any(bad) || !std::isfinite(m)) {
+        n = k;
+        stop = true;
+        break;
+      }
+      mx[k] = m;
+    }
+    if (n == 0) return r0;
+    for (int k = 0; k < n; ++k) {
+      const int64_t r = r0 + k;
+      const float* x = jb.x + r * C;
+      float* st = jb.diff ? jb.diff + r * C : (jb.prob ? jb.prob + r * C : nullptr);
+      const int32_t y = jb.y[r];
+      const float m = mx[k];
+      zy[k] = y >= 0 ? x[y] - m : 0.0f;
+      if (y == kSkip && !jb.prob) {  // nothing to compute: loss 0, gradient 0
+        other[k] = 1.0;
+        ey[k] = 1.0f;
+        continue;
+      }
+      const vf vm = splat(m);
+      const int64_t ych = y >= 0 ? y / W * W : -1;
+      vd acc = splat_d(0.0);
+      float e_label = 0.0f;
+      for (int64_t c = 0; c < full; c += W) {
+        vf e = exp_nonpos(load(x + c) - vm);
+        if (st) store(st + c, e);
+        if (c == ych) {
+          e_label = e[y - c];
+          e = lanes == splat_i(static_cast<int32_t>(y - c)) ? splat(0.0f) : e;
+        }
+        acc += widen(e);
+      }
+      if (tail) {
+        vf e = exp_nonpos(load_part(x + full, tail, -kFloatInf) - vm);
+        if (st) store_part(st + full, e, tail);
+        if (full == ych) {
+          e_label = e[y - full];
+          e = lanes == splat_i(static_cast<int32_t>(y - full)) ? splat(0.0f) : e;
+        }
+        acc += widen(e);
+      }
+      other[k] = hsum(acc);
+      ey[k] = e_label;
+    }
+    Finish f;
+    finish_rows(n, other, ey, zy, jb.y + r0, jb.a + r0, jb.grad_scale, jb.cap, jb.loss + r0, f);
+    for (int k = 0; k < n; ++k) {
+      const int64_t r = r0 + k;
+      const int32_t y = jb.y[r];
+      float* d = jb.diff ? jb.diff + r * C : nullptr;
+      float* p = jb.prob ? jb.prob + r * C : nullptr;
+      if (y == kSkip && !p) {
+        if (d) std::memset(d, 0, static_cast<size_t>(C) * sizeof(float));
+        continue;
+      }
+      const float* st = d ? d : p;
+      if (!st) continue;
+      const vf pinv = splat(f.pinv[k]);
+      const vf sc = splat(f.scale[k]);
+      for (int64_t c = 0; c < full; c += W) {
+        const vf e = load(st + c);
+        if (p) store(p + c, e * pinv);
+        if (d) store(d + c, e * sc);
+      }
+      if (tail) {
+        const vf e = load_part(st + full, tail, 0.0f);
+        if (p) store_part(p + full, e * pinv, tail);
+        if (d) store_part(d + full, e * sc, tail);
+      }
+      if (d && y >= 0) d[y] = f.gy[k];
+    }
+    if (stop) return r0 + n;
+  }
+  return jb.count;
+}
+
+int64_t softmax_positions(const SoftmaxJob& jb) {
+  const int64_t C = jb.channels, inner = jb.inner;
+  for (int64_t g = 0; g < jb.count; ++g) {
+    const int64_t j0 = g * W;
+    const float* x = jb.x + j0;
+    const vi vy = load_i(jb.y + j0);
+    vf vm = load(x);
+    vi bad = (vm != vm);
+    for (int64_t c = 1; c < C; ++c) {
+      const vf v = load(x + c * inner);
+      bad |= (v != v);
+      vm = max_keep(vm, v);
+    }
+    if (any(bad | nonfinite(vm))) return g;
+    float zy[W];
+    for (int k = 0; k < W; ++k) {
+      const int32_t y = jb.y[j0 + k];
+      zy[k] = y >= 0 ? x[y * inner + k] - vm[k] : 0.0f;
+    }
+    float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
+    vd acc = splat_d(0.0);
+    vf vey = splat(0.0f);
+    for (int64_t c = 0; c < C; ++c) {
+      const vf e = exp_nonpos(load(x + c * inner) - vm);
+      if (st) store(st + c * inner, e);
+      const vi at = vy == splat_i(static_cast<int32_t>(c));
+      vey = at ? e : vey;
+      acc += widen(at ? splat(0.0f) : e);
+    }
+    double other[W];
+    float ey[W];
+    store_d(other, acc);
+    store(ey, vey);
+    Finish f;
+    finish_rows(W, other, ey, zy, jb.y + j0, jb.a + j0, jb.grad_scale, jb.cap, jb.loss + j0, f);
+    if (!st) continue;
+    float* d = jb.diff ? jb.diff + j0 : nullptr;
+    float* p = jb.prob ? jb.prob + j0 : nullptr;
+    const vf pinv = load(f.pinv);
+    const vf sc = load(f.scale);
+    const vf gy = load(f.gy);
+    const vi skip = vy == splat_i(kSkip);
+    for (int64_t c = 0; c < C; ++c) {
+      const vf e = load(st + c * inner);
+      if (p) store(p + c * inner, e * pinv);
+      if (d) {
+        const vf gv = vy == splat_i(static_cast<int32_t>(c)) ? gy : e * sc;
+        store(d + c * inner, skip ? splat(0.0f) : gv);
+      }
+    }
+  }
+  return jb.count;
+}
+
+/// log1p(e) for e in [0, 1]: 2 atanh(u), u = e / (2 + e) in [0, 1/3].
+inline vf log1p_unit(vf e) noexcept {
+  const vf u = e / (e + 2.0f);
+  const vf u2 = u * u;
+  vf q = splat(2.0f / 15.0f);
+  q = q * u2 + 2.0f / 13.0f;
+  q = q * u2 + 2.0f / 11.0f;
+  q = q * u2 + 2.0f / 9.0f;
+  q = q * u2 + 2.0f / 7.0f;
+  q = q * u2 + 2.0f / 5.0f;
+  q = q * u2 + 2.0f / 3.0f;
+  return u * 2.0f + u * u2 * q;
+}
+
+int64_t sigmoid(const SigmoidJob& jb, double* sum) {
+  const int64_t full = jb.n / W * W;
+  vd acc = splat_d(0.0);
+  const vf gs = splat(static_cast<float>(jb.grad_scale));
+  const bool exact_scale = static_cast<double>(static_cast<float>(jb.grad_scale)) == jb.grad_scale;
+  int64_t i = 0;
+  for (; i < full; i += W) {
+    const vf x = load(jb.x + i);
+    if (any(nonfinite(x))) break;
+    const vf t = load(jb.t + i);
+    const vi pos = x >= splat(0.0f);
+    const vf ax = pos ? x : -x;
+    const vf e = exp_nonpos(-ax);            // exp(-|x|) in (0, 1]
+    const vf q = e / (e + 1.0f);              // sigmoid(-|x|)
+    const vf l = (pos ? x * (1.0f - t) : -x * t) + log1p_unit(e);
+    acc += widen(l);
+    if (jb.loss) store(jb.loss + i, l);
+    if (jb.diff) {
+      const vf g = pos ? (1.0f - t) - q : q - t;
+      if (exact_scale) {
+        store(jb.diff + i, g * gs);
+      } else {
+        store(jb.diff + i, narrow(widen(g) * jb.grad_scale));
+      }
+    }
+  }
+  *sum = hsum(acc);
+  return i;
+}
+
+const Kernels table = {XENTKIT_ISA_NAME, softmax_rows, softmax_positions, sigmoid};
+
+}  // namespace
+
+const Kernels* get() noexcept { return &table; }
+
+}  // namespace xentkit::detail::fast::XENTKIT_ISA

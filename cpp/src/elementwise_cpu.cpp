@@ -7,9 +7,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.hpp"
+#include "simd/fast.hpp"
 #include "xentkit/detail/labels.hpp"
 #include "xentkit/detail/parallel.hpp"
 
@@ -69,11 +71,14 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
   std::vector<double> loss_part(static_cast<size_t>(n_blocks), 0.0);
   std::vector<int64_t> count_part(static_cast<size_t>(n_blocks), 0);
   const bool weighted = pb.weight.data != nullptr;
-  parallel_blocks(n_blocks, threads_for(n, n_blocks), [&](int64_t b) {
-    const int64_t begin = b * kElementBlock;
-    const int64_t end = std::min(n, begin + kElementBlock);
-    double acc = 0.0;
-    int64_t valid = 0;
+  const fast::Kernels* vec = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    if (pb.op == ElementOp::logits && !weighted && !pb.pos_weight.data && !pb.has_ignore) {
+      vec = fast::kernels();
+    }
+  }
+  // The scalar kernel over [begin, end): adds to acc and valid.
+  auto scalar = [&](int64_t begin, int64_t end, double& acc, int64_t& valid) {
     for (int64_t i = begin; i < end; ++i) {
       const T xi = pb.x[i];
       const T ti = pb.t[i];
@@ -101,6 +106,38 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
       if (pb.loss) pb.loss[i] = static_cast<T>(l);
       if (pb.diff) pb.diff[i] = static_cast<T>(g * pb.grad_scale);
     }
+  };
+  parallel_blocks(n_blocks, threads_for(n, n_blocks), [&](int64_t b) {
+    const int64_t begin = b * kElementBlock;
+    const int64_t end = std::min(n, begin + kElementBlock);
+    double acc = 0.0;
+    int64_t valid = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      // Vector runs; a run of 16 with a non-finite logit, and the tail, go to the scalar kernel.
+      for (int64_t i = begin; vec && i < end;) {
+        fast::SigmoidJob job;
+        job.x = pb.x + i;
+        job.t = pb.t + i;
+        job.n = end - i;
+        job.diff = pb.diff ? pb.diff + i : nullptr;
+        job.loss = pb.loss ? pb.loss + i : nullptr;
+        job.grad_scale = pb.grad_scale;
+        double sum = 0.0;
+        const int64_t done = vec->sigmoid(job, &sum);
+        acc += sum;
+        valid += done;
+        i += done;
+        const int64_t stop = std::min(end, i + fast::kLanes);
+        scalar(i, stop, acc, valid);
+        i = stop;
+      }
+      if (vec) {
+        loss_part[static_cast<size_t>(b)] = acc;
+        count_part[static_cast<size_t>(b)] = valid;
+        return;
+      }
+    }
+    scalar(begin, end, acc, valid);
     loss_part[static_cast<size_t>(b)] = acc;
     count_part[static_cast<size_t>(b)] = valid;
   });

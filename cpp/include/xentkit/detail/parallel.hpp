@@ -7,8 +7,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #include "xentkit/threading.hpp"
@@ -26,30 +24,21 @@ inline int threads_for(int64_t work, int64_t n_blocks) {
   return static_cast<int>(std::max<int64_t>(1, n));
 }
 
-/// Calls fn(b) for every b in [0, n_blocks), on `threads` threads each taking a contiguous range.
-/// fn must not throw. If a thread cannot be started, its range runs on the calling thread.
+/// Runs fn(ctx, b) for every b in [0, n_blocks) on up to `threads` threads of the shared pool
+/// (the calling thread included). Blocks are taken in any order by any thread; callers store
+/// one result per block and combine them in block order. When the pool is busy with another
+/// call, or cannot start a worker, the blocks run on the calling thread.
+void run_blocks(int64_t n_blocks, int threads, void (*fn)(const void*, int64_t), const void* ctx);
+
+/// Calls fn(b) for every b in [0, n_blocks) on `threads` threads. fn must not throw.
 template <class Fn>
 void parallel_blocks(int64_t n_blocks, int threads, const Fn& fn) {
   if (threads <= 1 || n_blocks <= 1) {
     for (int64_t b = 0; b < n_blocks; ++b) fn(b);
     return;
   }
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(threads - 1));
-  auto range = [&](int t) {
-    const int64_t begin = n_blocks * t / threads;
-    const int64_t end = n_blocks * (t + 1) / threads;
-    for (int64_t b = begin; b < end; ++b) fn(b);
-  };
-  for (int t = 1; t < threads; ++t) {
-    try {
-      pool.emplace_back(range, t);
-    } catch (const std::system_error&) {
-      range(t);
-    }
-  }
-  range(0);
-  for (auto& th : pool) th.join();
+  run_blocks(n_blocks, threads,
+             [](const void* ctx, int64_t b) { (*static_cast<const Fn*>(ctx))(b); }, &fn);
 }
 
 /// Sums per-block partials in block order.

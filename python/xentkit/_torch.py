@@ -25,6 +25,10 @@ def _reduction(reduction):
     return value
 
 
+_SHORT_REDUCTIONS = {"mean": 1, "sum": 2}
+_core._register_array_type(np.ndarray, np.empty_like)
+
+
 def _scalar_result(value, dt):
     """A reduced loss as a Python float, rounded to the result dtype (float16 included)."""
     with np.errstate(over="ignore"):
@@ -261,6 +265,15 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     (a Python float, or for "none" an array of the input's shape without the class dimension), or
     ``(loss, grad)``.
     """
+    if (weight is None and (grad is False or grad is True) and type(reduction) is str
+            and type(ignore_index) is int and ignore_index == -100
+            and type(label_smoothing) is float and label_smoothing == 0.0):
+        # The short path: an (N, C) float ndarray and int64 (N,) targets, nothing else.
+        red = _SHORT_REDUCTIONS.get(reduction)
+        if red is not None:
+            out = _core.cross_entropy_small(input, target, red, grad)
+            if out is not None:
+                return out
     x0 = as_array(input, "input")
     t0 = as_array(target, "target")
     w0 = _optional(weight, "weight")

@@ -262,3 +262,105 @@ def sparse_softmax_cross_entropy_with_logits(const index_t[::1] labels,
     cdef real_t* pg = &grad[0] if grad is not None and grad.shape[0] > 0 else NULL
     with nogil:
         _cpp.sparse_softmax_cross_entropy_with_logits(pz, px, rows, channels, pl, pg)
+
+
+# ---- the short path for small, plain calls ----------------------------------------------------
+# cross_entropy on a C-contiguous (N, C) float32/float64 ndarray with int64 (N,) targets, no
+# options: one buffer request per array and one C++ call, with the GIL held when the call is too
+# small for releasing it to pay. Anything else returns None and takes the general path.
+
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
+
+cdef object _ndarray_type = None
+cdef object _empty_like = None
+cdef Py_ssize_t _nogil_bytes = 1 << 16
+
+
+def _register_array_type(type ndarray, empty_like):
+    global _ndarray_type, _empty_like
+    _ndarray_type = ndarray
+    _empty_like = empty_like
+
+
+cdef inline int _format_code(Py_buffer* b) noexcept:
+    # 1: float32, 2: float64, 3: int64, 0: anything else.
+    if b.format == NULL or b.format[0] == 0 or b.format[1] != 0:
+        return 0
+    cdef char c = b.format[0]
+    if c == b'f':
+        return 1
+    if c == b'd':
+        return 2
+    if (c == b'l' or c == b'q') and b.itemsize == 8:
+        return 3
+    return 0
+
+
+cdef double _ce_call(Py_buffer* xb, Py_buffer* tb, Py_buffer* gb, int kind, int reduction) except *:
+    cdef CrossEntropyOptions opts
+    opts.reduction = <Reduction>reduction
+    cdef int64_t n = xb.shape[0]
+    cdef int64_t c = xb.shape[1]
+    cdef const int64_t* pt = <const int64_t*>tb.buf
+    cdef float rf
+    cdef double rd
+    if kind == 1:
+        if xb.len <= _nogil_bytes:
+            rf = _cpp.cross_entropy_indices[float, int64_t](
+                <const float*>xb.buf, pt, n, c, 1, NULL, NULL,
+                <float*>gb.buf if gb != NULL else NULL, opts)
+        else:
+            with nogil:
+                rf = _cpp.cross_entropy_indices[float, int64_t](
+                    <const float*>xb.buf, pt, n, c, 1, NULL, NULL,
+                    <float*>gb.buf if gb != NULL else NULL, opts)
+        return <double>rf
+    if xb.len <= _nogil_bytes:
+        rd = _cpp.cross_entropy_indices[double, int64_t](
+            <const double*>xb.buf, pt, n, c, 1, NULL, NULL,
+            <double*>gb.buf if gb != NULL else NULL, opts)
+    else:
+        with nogil:
+            rd = _cpp.cross_entropy_indices[double, int64_t](
+                <const double*>xb.buf, pt, n, c, 1, NULL, NULL,
+                <double*>gb.buf if gb != NULL else NULL, opts)
+    return rd
+
+
+def cross_entropy_small(object input, object target, int reduction, bint want_grad):
+    """cross_entropy(input, target, reduction=mean|sum[, grad=True]) for the plain case, or None."""
+    if type(input) is not _ndarray_type or type(target) is not _ndarray_type:
+        return None
+    cdef Py_buffer xb
+    cdef Py_buffer tb
+    cdef Py_buffer gb
+    cdef object grad = None
+    cdef double value
+    try:
+        PyObject_GetBuffer(input, &xb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except BufferError:
+        return None
+    try:
+        try:
+            PyObject_GetBuffer(target, &tb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+        except BufferError:
+            return None
+        try:
+            kind = _format_code(&xb)
+            if (xb.ndim != 2 or kind == 0 or kind == 3 or tb.ndim != 1 or _format_code(&tb) != 3
+                    or tb.shape[0] != xb.shape[0] or xb.shape[0] == 0 or xb.shape[1] == 0):
+                return None
+            if not want_grad:
+                return _ce_call(&xb, &tb, NULL, kind, reduction)
+            grad = _empty_like(input)
+            PyObject_GetBuffer(grad, &gb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            try:
+                value = _ce_call(&xb, &tb, &gb, kind, reduction)
+            finally:
+                PyBuffer_Release(&gb)
+            return value, grad
+        finally:
+            PyBuffer_Release(&tb)
+    finally:
+        PyBuffer_Release(&xb)

@@ -31,9 +31,12 @@ __all__ = [
     "cuda_available",
     "cuda_built",
     "get_num_threads",
+    "simd_level",
+    "simd_levels_available",
     "log_softmax",
     "nll_loss",
     "set_num_threads",
+    "set_simd_level",
     "sigmoid_cross_entropy_loss",
     "sigmoid_cross_entropy_with_logits",
     "softmax",
@@ -61,6 +64,26 @@ def set_num_threads(n: int) -> None:
     if not 1 <= value <= 4096:
         raise ValueError(f"n: expected an integer in [1, 4096], got {value}")
     _core.set_num_threads(value)
+
+
+def simd_level() -> str:
+    """The instruction set of the float32 CPU kernels: "avx512", "avx2", "baseline" (vector code
+    for the compiler's default target) or "scalar" (the reference kernels only)."""
+    return _core.simd_level()
+
+
+def simd_levels_available() -> list[str]:
+    """The levels this build and this CPU can run, best first ("scalar" last)."""
+    return _core.simd_levels_available()
+
+
+def set_simd_level(name: str) -> None:
+    """Chooses the instruction set: "auto" (the best, the default) or one of
+    :func:`simd_levels_available`. The XENTKIT_SIMD environment variable sets the initial level.
+    Results may differ in the last bits between levels, never between thread counts."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a string, got {name!r}")
+    _core.set_simd_level(name)
 
 
 def cuda_available() -> bool:

@@ -55,6 +55,18 @@ def set_num_threads(int n):
     _cpp.set_num_threads(n)
 
 
+def simd_level():
+    return _cpp.simd_level().decode()
+
+
+def simd_levels_available():
+    return _cpp.simd_levels_available().decode().split(", ")
+
+
+def set_simd_level(str name):
+    _cpp.set_simd_level(name.encode())
+
+
 def cuda_built():
     return _cpp.cuda_built()
 
@@ -339,12 +351,12 @@ def cross_entropy_small(object input, object target, int reduction, bint want_gr
     cdef double value
     try:
         PyObject_GetBuffer(input, &xb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-    except BufferError:
+    except (BufferError, ValueError):
         return None
     try:
         try:
             PyObject_GetBuffer(target, &tb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except BufferError:
+        except (BufferError, ValueError):
             return None
         try:
             kind = _format_code(&xb)

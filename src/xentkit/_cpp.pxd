@@ -2,6 +2,7 @@
 # goes through xk_raise_py_error, which maps the C++ exception classes to Python ones.
 from libc.stdint cimport int64_t
 from libcpp cimport bool
+from libcpp.string cimport string
 from libcpp.optional cimport optional
 
 
@@ -60,6 +61,12 @@ cdef extern from "xentkit/options.hpp" namespace "xentkit" nogil:
 cdef extern from "xentkit/threading.hpp" namespace "xentkit" nogil:
     int get_num_threads()
     void set_num_threads(int n) except +xk_raise_py_error
+
+
+cdef extern from "xentkit/cpu.hpp" namespace "xentkit" nogil:
+    string simd_level() except +xk_raise_py_error
+    string simd_levels_available() except +xk_raise_py_error
+    void set_simd_level(const string& name) except +xk_raise_py_error
 
 
 cdef extern from "xentkit/device.hpp" namespace "xentkit" nogil:

@@ -1,6 +1,7 @@
 #pragma once
 // xentkit: cross-entropy losses with Caffe, PyTorch and TensorFlow semantics.
 
+#include "xentkit/cpu.hpp"
 #include "xentkit/device.hpp"
 #include "xentkit/errors.hpp"
 #include "xentkit/losses.hpp"

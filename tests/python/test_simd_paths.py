@@ -1,0 +1,273 @@
+"""The vectorised float32 kernels at every instruction-set level this machine runs, the hand-back of
+non-finite rows to the scalar kernels, the short path of cross_entropy, and the accuracy of a
+float32 loss over 10^8 elements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ref_softmax_family as ref
+import references as caffe_ref
+import xentkit
+
+LEVELS = xentkit.simd_levels_available()
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    before = xentkit.simd_level()
+    xentkit.set_simd_level(request.param)
+    yield request.param
+    xentkit.set_simd_level(before)
+
+
+def _close(actual, expected, rtol=1e-5, atol=0.0):
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol,
+                               atol=atol, equal_nan=True)
+
+
+def test_levels_listed():
+    assert LEVELS[-1] == "scalar"
+    assert xentkit.simd_level() in LEVELS
+    assert len(set(LEVELS)) == len(LEVELS)
+
+
+def test_set_simd_level_rejects_bad_names():
+    before = xentkit.simd_level()
+    with pytest.raises(ValueError, match="sse9"):
+        xentkit.set_simd_level("sse9")
+    with pytest.raises(TypeError):
+        xentkit.set_simd_level(3)
+    assert xentkit.simd_level() == before
+    xentkit.set_simd_level("auto")
+    assert xentkit.simd_level() == LEVELS[0]
+    xentkit.set_simd_level(before)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 10, 15, 16, 17, 31, 100, 1000, 5000])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rows_agree_with_reference(level, channels, weighted):
+    rng = np.random.default_rng(channels * 7 + weighted)
+    n = 37
+    x = (rng.normal(size=(n, channels)) * 4).astype(np.float32)
+    t = rng.integers(0, channels, size=n)
+    t[::5] = -100
+    w = rng.uniform(0.2, 3.0, size=channels).astype(np.float32) if weighted else None
+    loss, grad = xentkit.cross_entropy(x, t, w, grad=True)
+    want_loss, want_grad = ref.cross_entropy(x, t, w)
+    _close(loss, want_loss)
+    _close(grad, want_grad, rtol=1e-5, atol=2e-6 * np.abs(want_grad).max())
+    per = xentkit.cross_entropy(x, t, w, reduction="none")
+    want_per, _ = ref.cross_entropy(x, t, w, reduction="none")
+    _close(per, want_per, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(2, 21, 40), (3, 5, 7, 17), (2, 3, 64), (1, 4, 128), (2, 33, 16)])
+def test_positions_agree_with_reference(level, shape):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.normal(size=shape) * 3).astype(np.float32)
+    c = shape[1]
+    t = rng.integers(0, c, size=(shape[0],) + shape[2:])
+    t.reshape(-1)[::3] = -100
+    loss, grad = xentkit.cross_entropy(x, t, grad=True)
+    want_loss, want_grad = ref.cross_entropy(x, t)
+    _close(loss, want_loss)
+    _close(grad, want_grad, atol=2e-6 * np.abs(want_grad).max())
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 40), 1), ((2, 19, 48), 1), ((3, 40, 5), 1)])
+def test_caffe_layer_and_softmax_agree(level, shape, axis):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=shape) * 5).astype(np.float32)
+    c = shape[axis]
+    labels = rng.integers(0, c, size=shape[:axis] + shape[axis + 1:]).astype(np.int32)
+    labels.reshape(-1)[::4] = 255
+    loss, diff, prob = xentkit.softmax_with_loss(x, labels, axis=axis, ignore_label=255, prob=True,
+                                                 loss_weight=0.5)
+    want_loss, want_diff, want_prob, _ = caffe_ref.softmax_ref(x, labels, axis=axis,
+                                                               ignore_label=255, loss_weight=0.5)
+    _close(loss, want_loss)
+    _close(diff, want_diff, atol=2e-6 * np.abs(want_diff).max())
+    _close(prob, want_prob, atol=1e-7)
+    _close(xentkit.softmax(x, dim=axis), caffe_ref.softmax(x.astype(np.float64), axis), atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", ["rows", "positions"])
+def test_non_finite_rows_match_the_scalar_kernels(level, layout):
+    rng = np.random.default_rng(11)
+    if layout == "rows":
+        x = rng.normal(size=(40, 37)).astype(np.float32)
+        rows = [x[3], x[17], x[18], x[39], x[25]]
+        t = rng.integers(0, 37, size=40)
+    else:
+        x = rng.normal(size=(2, 9, 48)).astype(np.float32)
+        rows = [x[0, :, 5], x[1, :, 20], x[1, :, 47], x[0, :, 33], x[1, :, 0]]
+        t = rng.integers(0, 9, size=(2, 48))
+    rows[0][2] = np.nan
+    rows[1][0] = np.inf
+    rows[2][4] = -np.inf
+    rows[3][:] = -np.inf
+    rows[4][1] = np.inf
+    rows[4][6] = np.inf
+    got = xentkit.cross_entropy(x, t, reduction="none", grad=True)
+    per_pos = xentkit.cross_entropy(x, t, reduction="none")
+    before = xentkit.simd_level()
+    xentkit.set_simd_level("scalar")
+    try:
+        want = xentkit.cross_entropy(x, t, reduction="none", grad=True)
+    finally:
+        xentkit.set_simd_level(before)
+    for a, b in zip(got, want):
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        _close(a, b, rtol=1e-5, atol=1e-7)
+    assert np.isnan(per_pos).any() and np.isfinite(per_pos).any()
+    # The same holds for the finite rows against the float64 formula.
+    finite = np.isfinite(x).all(axis=1) if layout == "positions" else np.isfinite(x).all(axis=1)
+    if layout == "rows":
+        want_per, _ = ref.cross_entropy(x[finite], t[finite], reduction="none")
+        _close(per_pos[finite], want_per, atol=1e-7)
+
+
+def test_label_far_below_the_max(level):
+    x = np.zeros((3, 20), dtype=np.float32)
+    x[:, 0] = 80.0
+    x[0, 5] = -120.0  # e[label] underflows float32: the loss goes through double
+    x[1, 5] = -40.0
+    t = np.array([5, 5, 0])
+    per = xentkit.cross_entropy(x, t, reduction="none")
+    want, _ = ref.cross_entropy(x, t, reduction="none")
+    _close(per[:2], want[:2], rtol=1e-6)
+    assert per[2] == pytest.approx(19 * np.exp(-80.0), rel=1e-5)  # kept, not rounded to 0
+    loss, _ = xentkit.softmax_with_loss(x[:1], t[:1])
+    assert loss == pytest.approx(87.3365478515625, rel=1e-7)  # -log(FLT_MIN), Caffe's cap
+
+
+def test_certain_rows_keep_their_precision(level):
+    x = np.array([[0.0, -40.0, -40.0] + [-60.0] * 20], dtype=np.float32)
+    loss, grad = xentkit.cross_entropy(x, np.array([0]), grad=True)
+    want = 2 * np.exp(-40.0) + 20 * np.exp(-60.0)
+    assert loss == pytest.approx(want, rel=1e-5)
+    assert grad[0, 0] == pytest.approx(-want, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 16384 + 5, 50000])
+def test_sigmoid_agrees_with_reference(level, n):
+    rng = np.random.default_rng(n)
+    x = (rng.normal(size=n) * 8).astype(np.float32)
+    x[rng.integers(0, n, size=max(1, n // 50))] = rng.choice([60.0, -60.0, 100.0, -100.0])
+    t = rng.uniform(size=n).astype(np.float32)
+    loss, grad = xentkit.binary_cross_entropy_with_logits(x, t, reduction="sum", grad=True)
+    per = caffe_ref.sigmoid_elementwise(x, t)
+    _close(loss, per.sum(), rtol=2e-6)
+    _close(grad, caffe_ref.stable_sigmoid(x) - t, atol=1e-6)
+    caffe_loss, diff = xentkit.sigmoid_cross_entropy_loss(x.reshape(1, -1), t.reshape(1, -1))
+    _close(caffe_loss, per.sum(), rtol=2e-6)
+    _close(diff.reshape(-1), caffe_ref.stable_sigmoid(x) - t, atol=1e-6)
+
+
+def test_sigmoid_non_finite_logits(level):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=100).astype(np.float32)
+    t = rng.uniform(size=100).astype(np.float32)
+    x[[3, 40, 41, 99]] = [np.inf, -np.inf, np.nan, np.inf]
+    t[[3, 40]] = [1.0, 0.0]  # limits 0
+    per = xentkit.binary_cross_entropy_with_logits(x, t, reduction="none")
+    assert per[3] == 0.0 and per[40] == 0.0 and np.isnan(per[41]) and per[99] == np.inf
+    others = np.isfinite(x)
+    _close(per[others], caffe_ref.sigmoid_elementwise(x[others], t[others]), rtol=2e-6)
+
+
+def test_levels_agree_and_threads_do_not_matter(restore_threads):
+    rng = np.random.default_rng(21)
+    x = (rng.normal(size=(600, 1000)) * 4).astype(np.float32)
+    t = rng.integers(0, 1000, size=600)
+    xs = rng.normal(size=(600, 1000)).astype(np.float32)
+    ts = rng.uniform(size=xs.shape).astype(np.float32)
+    before = xentkit.simd_level()
+    results = {}
+    try:
+        for name in LEVELS:
+            xentkit.set_simd_level(name)
+            runs = []
+            for threads in (1, 2, 3):
+                xentkit.set_num_threads(threads)
+                loss, grad = xentkit.cross_entropy(x, t, grad=True)
+                sl, sg = xentkit.binary_cross_entropy_with_logits(xs, ts, grad=True)
+                runs.append((loss, grad.tobytes(), sl, sg.tobytes()))
+            assert all(r == runs[0] for r in runs[1:]), name
+            results[name] = (loss, grad, sl, sg)
+    finally:
+        xentkit.set_simd_level(before)
+    base = results["scalar"]
+    for name, (loss, grad, sl, sg) in results.items():
+        assert loss == pytest.approx(base[0], rel=1e-6), name
+        _close(grad, base[1], atol=1e-9)
+        assert sl == pytest.approx(base[2], rel=1e-6), name
+        _close(sg, base[3], atol=1e-9)
+
+
+# ---- the short path of cross_entropy ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 10), (4, 3), (64, 1000), (5, 1)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_short_path_is_the_general_path(dtype, shape, reduction):
+    rng = np.random.default_rng(shape[0] * shape[1])
+    x = rng.normal(size=shape).astype(dtype)
+    t = rng.integers(0, shape[1], size=shape[0])
+    t[::3] = -100
+    fast = xentkit.cross_entropy(x, t, reduction=reduction)
+    fast_l, fast_g = xentkit.cross_entropy(x, t, reduction=reduction, grad=True)
+    # An int label_smoothing takes the general path.
+    slow = xentkit.cross_entropy(x, t, reduction=reduction, label_smoothing=0)
+    slow_l, slow_g = xentkit.cross_entropy(x, t, reduction=reduction, label_smoothing=0, grad=True)
+    assert type(fast) is float and (fast == slow or (np.isnan(fast) and np.isnan(slow)))
+    assert fast_l == fast or (np.isnan(fast_l) and np.isnan(fast))
+    assert fast_g.dtype == x.dtype and fast_g.shape == x.shape
+    assert fast_g.tobytes() == slow_g.tobytes() and (fast_l == slow_l or np.isnan(slow_l))
+    want, _ = ref.cross_entropy(x, t, reduction=reduction)
+    _close(fast, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_short_path_errors_and_unusual_arrays():
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    with pytest.raises(xentkit.LabelError) as fast_err:
+        xentkit.cross_entropy(x, np.array([0, 5, 1]))
+    with pytest.raises(xentkit.LabelError) as slow_err:
+        xentkit.cross_entropy(x, np.array([0, 5, 1]), label_smoothing=0)
+    assert str(fast_err.value) == str(slow_err.value)
+    with pytest.raises(ValueError):
+        xentkit.cross_entropy(x, np.array([0, 1]))
+    t = np.array([0, 4, 2])
+    want = xentkit.cross_entropy(x, t, label_smoothing=0)
+    # Views, other dtypes, read-only and big-endian arrays all give the same number.
+    wide = np.zeros((3, 10), dtype=np.float32)
+    wide[:, ::2] = x
+    assert xentkit.cross_entropy(wide[:, ::2], t) == want
+    assert xentkit.cross_entropy(x, t.astype(np.int32)) == want
+    ro = x.copy()
+    ro.flags.writeable = False
+    assert xentkit.cross_entropy(ro, t) == want
+    assert xentkit.cross_entropy(x.astype(">f4"), t) == want
+    assert np.array_equal(t, [0, 4, 2]) and x.flags.writeable
+
+
+# ---- accuracy of a long float32 sum -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_float32_loss_over_1e8_elements():
+    rng = np.random.default_rng(8)
+    n, c = 100_000, 1000
+    x = np.empty((n, c), dtype=np.float32)
+    for s in range(0, n, 10_000):
+        x[s:s + 10_000] = rng.normal(size=(10_000, c)) * 2
+    t = rng.integers(0, c, size=n)
+    total = xentkit.cross_entropy(x, t, reduction="sum")
+    want = 0.0
+    for s in range(0, n, 5_000):
+        xs = x[s:s + 5_000].astype(np.float64)
+        m = xs.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(xs - m).sum(axis=1))
+        want += float(np.sum(lse - xs[np.arange(len(xs)), t[s:s + 5_000]]))
+    assert abs(total - want) <= 1e-6 * abs(want)

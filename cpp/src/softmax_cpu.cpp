@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -235,6 +236,46 @@ double nll_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w
   return acc;
 }
 
+/// One tile (positions s0 .. s0+wt-1 of outer index o, class stride pb.inner) on the
+/// vectorised positions kernel; a group it hands back and the last wt % 16 positions go to
+/// xent_tile. `fill(labels, n)` sets y and a for the tile's positions.
+template <typename L, typename Fill>
+double fast_tile(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fast::Kernels& k,
+                 fast::SoftmaxJob& job, const int32_t* y, const double* a, double* loss,
+                 const Fill& fill, int64_t o, int64_t s0, int64_t wt) {
+  const int64_t C = pb.channels, inner = pb.inner;
+  const int64_t groups = wt / fast::kLanes;
+  fill(pb.labels ? pb.labels + o * inner + s0 : nullptr, wt);
+  const int64_t off = o * C * inner + s0;
+  job.inner = inner;
+  double acc = 0.0;
+  int64_t g = 0;
+  while (g < groups) {
+    const int64_t j = g * fast::kLanes;
+    job.x = pb.x + off + j;
+    job.diff = pb.diff ? pb.diff + off + j : nullptr;
+    job.prob = pb.prob ? pb.prob + off + j : nullptr;
+    job.count = groups - g;
+    job.y = y + j;
+    job.a = a + j;
+    job.loss = loss + j;
+    const int64_t done = k.softmax_positions(job);
+    for (int64_t q = j; q < (g + done) * fast::kLanes; ++q) {
+      if (pb.loss) pb.loss[o * inner + s0 + q] = static_cast<float>(loss[q]);
+      acc += loss[q];
+    }
+    g += done;
+    if (g < groups) {  // a group with a NaN or infinite logit
+      acc += xent_tile<false>(pb, sh, o, s0 + g * fast::kLanes, fast::kLanes);
+      ++g;
+    }
+  }
+  if (groups * fast::kLanes < wt) {
+    acc += xent_tile<false>(pb, sh, o, s0 + groups * fast::kLanes, wt - groups * fast::kLanes);
+  }
+  return acc;
+}
+
 /// The tasks [t0, t1) of a float32 class-index (or target-free) call on the vectorised kernels;
 /// rows or groups they hand back, and the positions left over at the end of a tile, go to
 /// xent_tile. Same sum order as the scalar loop: position by position.
@@ -289,36 +330,41 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
     }
     return acc;
   }
+  // Class stride `inner`: each tile (C x wt positions, wt <= 64) is copied into a contiguous
+  // scratch tile first. Rows of the tile sit `inner` floats apart in memory, and with strides near
+  // a multiple of 4 KiB they would all fall into one set of the L1 cache and evict each other
+  // between the sweeps; in the scratch tile they do not.
+  thread_local std::vector<float> scratch;
+  const bool stage = C * w_max <= (int64_t{1} << 20);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t o = t / tiles_per_outer;
     const int64_t s0 = (t % tiles_per_outer) * w_max;
     const int64_t wt = std::min(w_max, inner - s0);
-    const int64_t groups = wt / fast::kLanes;
-    fill(pb.labels ? pb.labels + o * inner + s0 : nullptr, wt);
     const int64_t off = o * C * inner + s0;
-    int64_t g = 0;
-    while (g < groups) {
-      const int64_t j = g * fast::kLanes;
-      job.x = pb.x + off + j;
-      job.diff = pb.diff ? pb.diff + off + j : nullptr;
-      job.prob = pb.prob ? pb.prob + off + j : nullptr;
-      job.count = groups - g;
-      job.y = y + j;
-      job.a = a + j;
-      job.loss = loss + j;
-      const int64_t done = k.softmax_positions(job);
-      for (int64_t q = j; q < (g + done) * fast::kLanes; ++q) {
-        if (pb.loss) pb.loss[o * inner + s0 + q] = static_cast<float>(loss[q]);
-        acc += loss[q];
-      }
-      g += done;
-      if (g < groups) {  // a group with a NaN or infinite logit
-        acc += xent_tile<false>(pb, sh, o, s0 + g * fast::kLanes, fast::kLanes);
-        ++g;
-      }
+    if (!stage) {
+      acc += fast_tile(pb, sh, k, job, y, a, loss, fill, o, s0, wt);
+      continue;
     }
-    if (groups * fast::kLanes < wt) {
-      acc += xent_tile<false>(pb, sh, o, s0 + groups * fast::kLanes, wt - groups * fast::kLanes);
+    const size_t tile = static_cast<size_t>(C * wt);
+    if (scratch.size() < 2 * tile) scratch.resize(2 * tile);
+    float* xs = scratch.data();
+    float* ps = xs + tile;
+    for (int64_t c = 0; c < C; ++c) {
+      std::memcpy(xs + c * wt, pb.x + off + c * inner, static_cast<size_t>(wt) * sizeof(float));
+    }
+    SoftmaxProblem<float, L> lp = pb;
+    lp.x = xs;
+    lp.labels = pb.labels ? pb.labels + o * inner + s0 : nullptr;
+    lp.outer = 1;
+    lp.inner = wt;
+    lp.diff = pb.diff ? xs : nullptr;
+    lp.prob = pb.prob ? ps : nullptr;
+    lp.loss = pb.loss ? pb.loss + o * inner + s0 : nullptr;
+    acc += fast_tile(lp, sh, k, job, y, a, loss, fill, 0, 0, wt);
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t bytes = static_cast<size_t>(wt) * sizeof(float);
+      if (pb.diff) std::memcpy(pb.diff + off + c * inner, xs + c * wt, bytes);
+      if (pb.prob) std::memcpy(pb.prob + off + c * inner, ps + c * wt, bytes);
     }
   }
   return acc;

@@ -132,6 +132,13 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("demo", help="run every loss on a small built-in example, with gradient checks")
+    sub.add_parser("bench", add_help=False,
+                   help="time xentkit against PyTorch and a NumPy copy (xentkit bench --help)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from ._bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.version:
         import xentkit

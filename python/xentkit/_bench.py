@@ -1,0 +1,293 @@
+"""``xentkit bench``: xentkit against PyTorch (when installed) and a NumPy copy of the same bytes.
+
+Every case is timed as the median of ``repeat`` runs; the runs of xentkit, PyTorch and the copy
+alternate, so a slow moment of a shared machine hits all three alike. Ratios are taken within the
+run: ``torch/xk`` is how many times faster xentkit is, ``xk/copy`` how many copies of the logits
+(``np.copyto``, the same bytes read and written) one xentkit call costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# (name, shape, class axis); the element count is the logits' size.
+SOFTMAX_SHAPES = [
+    ("4096x1000", (4096, 1000)),
+    ("512x32000", (512, 32000)),
+    ("65536x10", (65536, 10)),
+    ("8x21x128x128", (8, 21, 128, 128)),
+]
+QUICK_SHAPES = [("256x1000", (256, 1000)), ("2x21x32x32", (2, 21, 32, 32))]
+
+
+def _median(samples):
+    return statistics.median(samples)
+
+
+def _time_group(fns, repeat):
+    """Median seconds of each callable, the callables run in turn `repeat` times after a warm-up."""
+    for fn in fns.values():
+        if fn is not None:
+            fn()
+    samples = {k: [] for k, fn in fns.items() if fn is not None}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            if fn is None:
+                continue
+            start = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - start)
+    return {k: _median(v) for k, v in samples.items()}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _row(case, elements, times, xk="xk", base="torch"):
+    per = 1e9 / elements
+    out = {"case": case, "elements": elements}
+    for k, v in times.items():
+        out[k + "_ns"] = v * per
+    if base in times and xk in times:
+        out["torch/xk"] = times[base] / times[xk]
+    if "copy" in times and xk in times:
+        out["xk/copy"] = times[xk] / times["copy"]
+    return out
+
+
+def run(repeat=7, threads=1, quick=False, seed=0):
+    import xentkit
+
+    torch = _torch()
+    xentkit.set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+        F = torch.nn.functional
+    rng = np.random.default_rng(seed)
+    rows = []
+    shapes = QUICK_SHAPES if quick else SOFTMAX_SHAPES
+
+    for name, shape in shapes:
+        x = rng.normal(size=shape).astype(np.float32)
+        c = shape[1]
+        t = rng.integers(0, c, size=(shape[0],) + shape[2:])
+        out = np.empty_like(x)
+        tx = ty = None
+        if torch is not None:
+            tx = torch.from_numpy(x.copy()).requires_grad_()
+            ty = torch.from_numpy(t)
+
+        def torch_fb():
+            tx.grad = None
+            F.cross_entropy(tx, ty).backward()
+
+        def torch_f():
+            with torch.no_grad():
+                F.cross_entropy(tx, ty)
+
+        have = torch is not None
+        times = _time_group({
+            "xk": lambda: xentkit.cross_entropy(x, t, grad=out),
+            "caffe": lambda: xentkit.softmax_with_loss(x, t, diff=out),
+            "torch": torch_fb if have else None,
+            "copy": lambda: np.copyto(out, x),
+        }, repeat)
+        r = _row(f"softmax loss+grad {name}", x.size, times)
+        r["caffe/copy"] = times["caffe"] / times["copy"]
+        if have:
+            r["torch/caffe"] = times["torch"] / times["caffe"]
+        rows.append(r)
+        times = _time_group({
+            "xk": lambda: xentkit.cross_entropy(x, t),
+            "caffe": lambda: xentkit.softmax_with_loss(x, t, diff=False),
+            "torch": torch_f if have else None,
+            "copy": lambda: np.copyto(out, x),
+        }, repeat)
+        r = _row(f"softmax loss only {name}", x.size, times)
+        if have:
+            r["torch/caffe"] = times["torch"] / times["caffe"]
+        rows.append(r)
+
+    shape = (256, 1000) if quick else (4096, 1000)
+    x = rng.normal(size=shape).astype(np.float32)
+    tt = rng.uniform(size=shape).astype(np.float32)
+    out = np.empty_like(x)
+    have = torch is not None
+    if have:
+        tx = torch.from_numpy(x.copy()).requires_grad_()
+        ttt = torch.from_numpy(tt)
+
+        def torch_bce():
+            tx.grad = None
+            F.binary_cross_entropy_with_logits(tx, ttt).backward()
+    times = _time_group({
+        "xk": lambda: xentkit.binary_cross_entropy_with_logits(x, tt, grad=out),
+        "caffe": lambda: xentkit.sigmoid_cross_entropy_loss(x, tt, diff=out),
+        "torch": torch_bce if have else None,
+        "copy": lambda: np.copyto(out, x),
+    }, repeat)
+    r = _row(f"sigmoid loss+grad {shape[0]}x{shape[1]}", x.size, times)
+    if have:
+        r["torch/caffe"] = times["torch"] / times["caffe"]
+    rows.append(r)
+
+    # float16 logits (computed in float32) against float32, per element.
+    x32 = rng.normal(size=shape).astype(np.float32)
+    x16 = x32.astype(np.float16)
+    t = rng.integers(0, shape[1], size=shape[0])
+    g32 = np.empty_like(x32)
+    g16 = np.empty_like(x16)
+    times = _time_group({
+        "xk": lambda: xentkit.cross_entropy(x16, t, grad=g16),
+        "xk32": lambda: xentkit.cross_entropy(x32, t, grad=g32),
+    }, repeat)
+    r = _row(f"float16 softmax loss+grad {shape[0]}x{shape[1]}", x16.size, times)
+    r["f16/f32"] = times["xk"] / times["xk32"]
+    rows.append(r)
+
+    # A tiny call: 1 x 10 logits, one label (microseconds per call, many calls per sample).
+    xs = rng.normal(size=(1, 10)).astype(np.float32)
+    ts = np.array([3])
+    calls = 2000
+
+    def many(fn):
+        def go():
+            for _ in range(calls):
+                fn()
+        return go
+
+    fns = {"xk": many(lambda: xentkit.cross_entropy(xs, ts))}
+    if have:
+        sx, sy = torch.from_numpy(xs), torch.from_numpy(ts)
+        fns["torch"] = many(lambda: F.cross_entropy(sx, sy))
+    times = _time_group(fns, repeat)
+    r = {"case": "tiny call 1x10 (us per call)", "elements": 10}
+    for k, v in times.items():
+        r[k + "_us"] = v / calls * 1e6
+    if "torch" in times:
+        r["torch/xk"] = times["torch"] / times["xk"]
+    rows.append(r)
+
+    info = {
+        "xentkit": xentkit.__version__,
+        "simd": xentkit.simd_level(),
+        "threads": threads,
+        "repeat": repeat,
+        "torch": None if torch is None else torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": _machine(),
+    }
+    return info, rows
+
+
+def run_threads(repeat=7, quick=False, seed=0):
+    """One thread against two on the large shapes (bit-identical results checked)."""
+    import xentkit
+
+    before = xentkit.get_num_threads()
+    rng = np.random.default_rng(seed)
+    rows = []
+    shapes = QUICK_SHAPES if quick else SOFTMAX_SHAPES
+    try:
+        for name, shape in shapes:
+            x = rng.normal(size=shape).astype(np.float32)
+            t = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])
+            g1 = np.empty_like(x)
+            g2 = np.empty_like(x)
+
+            def one():
+                xentkit.set_num_threads(1)
+                return xentkit.cross_entropy(x, t, grad=g1)
+
+            def two():
+                xentkit.set_num_threads(2)
+                return xentkit.cross_entropy(x, t, grad=g2)
+
+            times = _time_group({"t1": one, "t2": two}, repeat)
+            same = one()[0] == two()[0] and g1.tobytes() == g2.tobytes()
+            rows.append({"case": f"softmax loss+grad {name}", "elements": x.size,
+                         "t1_ns": times["t1"] * 1e9 / x.size, "t2_ns": times["t2"] * 1e9 / x.size,
+                         "speedup": times["t1"] / times["t2"], "bit-identical": same})
+    finally:
+        xentkit.set_num_threads(before)
+    return rows
+
+
+def _machine():
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs, {platform.system()}"
+
+
+def _fmt(v):
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def format_table(rows, columns):
+    head = ["case"] + columns
+    body = [[r["case"]] + [_fmt(r[c]) if c in r else "-" for c in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(b.ljust(w) for b, w in zip(row, widths)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="xentkit bench", description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per case (median; default 7)")
+    p.add_argument("--threads", type=int, default=1, help="threads for the main table (default 1)")
+    p.add_argument("--quick", action="store_true", help="small shapes only (a smoke test)")
+    p.add_argument("--no-thread-scaling", action="store_true",
+                   help="skip the one-against-two-threads table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = p.parse_args(argv)
+    if args.repeat < 1 or args.threads < 1:
+        p.error("--repeat and --threads must be at least 1")
+    info, rows = run(args.repeat, args.threads, args.quick)
+    scaling = [] if args.no_thread_scaling else run_threads(args.repeat, args.quick)
+    if args.json:
+        print(json.dumps({"info": info, "rows": rows, "threads": scaling}, indent=1))
+        return 0
+    print(", ".join(f"{k}: {v}" for k, v in info.items()))
+    print("\nns per element (median of %d); ratios within the run\n" % args.repeat)
+    main_rows = [r for r in rows if "xk_ns" in r and "f16/f32" not in r]
+    print(format_table(main_rows, ["xk_ns", "caffe_ns", "torch_ns", "copy_ns", "torch/xk",
+                                   "torch/caffe", "xk/copy", "caffe/copy"]))
+    print()
+    print(format_table([r for r in rows if "f16/f32" in r], ["xk_ns", "xk32_ns", "f16/f32"]))
+    print()
+    print(format_table([r for r in rows if "xk_us" in r], ["xk_us", "torch_us", "torch/xk"]))
+    if scaling:
+        print("\none thread against two\n")
+        print(format_table(scaling, ["t1_ns", "t2_ns", "speedup", "bit-identical"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

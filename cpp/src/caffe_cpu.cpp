@@ -6,10 +6,12 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "checks.hpp"
 #include "kernels.hpp"
 #include "xentkit/detail/normalize.hpp"
+#include "xentkit/half.hpp"
 #include "xentkit/losses.hpp"
 
 namespace xentkit {
@@ -18,11 +20,10 @@ namespace {
 /// -log(FLT_MIN) = 87.3365...: Caffe's cap on a position's loss, for every value type.
 inline double flt_min_cap() noexcept { return -std::log(static_cast<double>(FLT_MIN)); }
 
-}  // namespace
-
-template <typename T>
-T sigmoid_cross_entropy_loss(const T* scores, const T* targets, int64_t outer, int64_t count,
-                             T* diff, const SigmoidCrossEntropyLossOptions& options) {
+/// S is the storage type of scores, targets and diff: T, or half (computed in T = float).
+template <typename T, typename S>
+T sigmoid_layer(const S* scores, const S* targets, int64_t outer, int64_t count, S* diff,
+                const SigmoidCrossEntropyLossOptions& options) {
   detail::check_size("outer", outer);
   detail::check_size("count", count);
   if (outer == 0 ? count != 0 : count % outer != 0) {
@@ -40,25 +41,37 @@ T sigmoid_cross_entropy_loss(const T* scores, const T* targets, int64_t outer, i
   // depend on the data, and then a cheap pass over the targets counts first.
   int64_t valid = count;
   if (has_ignore && options.normalization == Normalization::valid && diff != nullptr) {
-    valid = detail::count_not_ignored(targets, count, ignore);
+    if constexpr (std::is_same_v<S, T>) {
+      valid = detail::count_not_ignored(targets, count, ignore);
+    } else {
+      valid = detail::count_not_ignored_half(detail::half_bits(targets), count, ignore);
+    }
   }
   double norm = detail::normalizer(options.normalization, outer, inner, valid);
   detail::ElementProblem<T> pb;
-  pb.x = scores;
-  pb.t = targets;
+  detail::HalfElementIO io;
+  if constexpr (std::is_same_v<S, T>) {
+    pb.x = scores;
+    pb.t = targets;
+    pb.diff = diff;
+  } else {
+    io.x = detail::half_bits(scores);
+    io.t = detail::half_bits(targets);
+    io.diff = detail::half_bits(diff);
+    pb.half = &io;
+  }
   pb.n = count;
   pb.has_ignore = has_ignore;
   pb.ignore = ignore;
-  pb.diff = diff;
   pb.grad_scale = options.loss_weight / norm;
   const detail::ElementSums sums = detail::elementwise_xent(pb);
   norm = detail::normalizer(options.normalization, outer, inner, sums.valid);
   return static_cast<T>(sums.loss / norm);
 }
 
-template <typename T, typename L>
-T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t channels,
-                    int64_t inner, T* diff, T* prob, const SoftmaxWithLossOptions& options) {
+template <typename T, typename L, typename S>
+T softmax_layer(const S* scores, const L* labels, int64_t outer, int64_t channels, int64_t inner,
+                S* diff, S* prob, const SoftmaxWithLossOptions& options) {
   detail::check_size("outer", outer);
   detail::check_size("channels", channels);
   detail::check_size("inner", inner);
@@ -77,18 +90,54 @@ T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t cha
   if (count == 0) return T(0);  // C == 0 and every position ignored
 
   detail::SoftmaxProblem<T, L> pb;
-  pb.x = scores;
+  detail::HalfSoftmaxIO io;
+  if constexpr (std::is_same_v<S, T>) {
+    pb.x = scores;
+    pb.diff = diff;
+    pb.prob = prob;
+  } else {
+    io.x = detail::half_bits(scores);
+    io.diff = detail::half_bits(diff);
+    io.prob = detail::half_bits(prob);
+    pb.half = &io;
+  }
   pb.labels = labels;
   pb.outer = outer;
   pb.channels = channels;
   pb.inner = inner;
   pb.has_ignore = options.ignore_label.has_value();
   pb.ignore = options.ignore_label.value_or(0);
-  pb.diff = diff;
-  pb.prob = prob;
   pb.grad_scale = options.loss_weight / norm;
   pb.cap = flt_min_cap();
   return static_cast<T>(detail::softmax_xent(pb) / norm);
+}
+
+}  // namespace
+
+template <typename T>
+T sigmoid_cross_entropy_loss(const T* scores, const T* targets, int64_t outer, int64_t count,
+                             T* diff, const SigmoidCrossEntropyLossOptions& options) {
+  return sigmoid_layer<T, T>(scores, targets, outer, count, diff, options);
+}
+
+float sigmoid_cross_entropy_loss(const half* scores, const half* targets, int64_t outer,
+                                 int64_t count, half* diff,
+                                 const SigmoidCrossEntropyLossOptions& options) {
+  return sigmoid_layer<float, half>(scores, targets, outer, count, diff, options);
+}
+
+template <typename T, typename L>
+T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t channels,
+                    int64_t inner, T* diff, T* prob, const SoftmaxWithLossOptions& options) {
+  return softmax_layer<T, L, T>(scores, labels, outer, channels, inner, diff, prob, options);
+}
+
+template <typename L>
+float softmax_with_loss(const half* scores, const L* labels, int64_t outer, int64_t channels,
+                        int64_t inner, half* diff, half* prob,
+                        const SoftmaxWithLossOptions& options) {
+  return softmax_layer<float, L, half>(scores, labels, outer, channels, inner, diff, prob,
+                                       options);
 }
 
 #define XENTKIT_SOFTMAX_WITH_LOSS(T, L)                                                   \
@@ -96,6 +145,10 @@ T softmax_with_loss(const T* scores, const L* labels, int64_t outer, int64_t cha
                                      const SoftmaxWithLossOptions&);
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_WITH_LOSS, float)
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_WITH_LOSS, double)
+#define XENTKIT_HALF_SOFTMAX_WITH_LOSS(T, L)                                                 \
+  template float softmax_with_loss<L>(const half*, const L*, int64_t, int64_t, int64_t, half*, \
+                                      half*, const SoftmaxWithLossOptions&);
+XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_HALF_SOFTMAX_WITH_LOSS, void)
 
 template float sigmoid_cross_entropy_loss<float>(const float*, const float*, int64_t, int64_t,
                                                  float*, const SigmoidCrossEntropyLossOptions&);

@@ -11,7 +11,9 @@
 #include <vector>
 
 #include "kernels.hpp"
+#include "half_bits.hpp"
 #include "simd/fast.hpp"
+#include "xentkit/half.hpp"
 #include "xentkit/detail/labels.hpp"
 #include "xentkit/detail/parallel.hpp"
 
@@ -62,24 +64,14 @@ inline T broadcast_at(const Broadcast<T>& b, int64_t i) noexcept {
   return b.data ? b.data[(i / b.stride) % b.period] : T(1);
 }
 
-}  // namespace
-
+/// Elements [begin, end) of pb: adds their losses to acc and their count to valid. The vector
+/// kernel takes runs of 16; a run with a non-finite logit, and the tail, go to the scalar code.
 template <typename T>
-ElementSums elementwise_xent(const ElementProblem<T>& pb) {
-  const int64_t n = pb.n;
-  const int64_t n_blocks = (n + kElementBlock - 1) / kElementBlock;
-  std::vector<double> loss_part(static_cast<size_t>(n_blocks), 0.0);
-  std::vector<int64_t> count_part(static_cast<size_t>(n_blocks), 0);
+void element_range(const ElementProblem<T>& pb, const fast::Kernels* vec, int64_t begin,
+                   int64_t end, double& acc, int64_t& valid) {
   const bool weighted = pb.weight.data != nullptr;
-  const fast::Kernels* vec = nullptr;
-  if constexpr (std::is_same_v<T, float>) {
-    if (pb.op == ElementOp::logits && !weighted && !pb.pos_weight.data && !pb.has_ignore) {
-      vec = fast::kernels();
-    }
-  }
-  // The scalar kernel over [begin, end): adds to acc and valid.
-  auto scalar = [&](int64_t begin, int64_t end, double& acc, int64_t& valid) {
-    for (int64_t i = begin; i < end; ++i) {
+  auto scalar = [&](int64_t from, int64_t to) {
+    for (int64_t i = from; i < to; ++i) {
       const T xi = pb.x[i];
       const T ti = pb.t[i];
       if (ignored_target(static_cast<double>(ti), pb.has_ignore, pb.ignore)) {
@@ -90,14 +82,14 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
       double l, g;
       if (pb.op == ElementOp::logits) {
         T lt, gt;
-        logit_terms(xi, ti, broadcast_at(pb.pos_weight, i), lt, gt);
+        logit_terms(xi, ti, broadcast_at(pb.pos_weight, pb.base + i), lt, gt);
         l = static_cast<double>(lt);
         g = static_cast<double>(gt);
       } else {
         probability_terms(static_cast<double>(xi), static_cast<double>(ti), l, g);
       }
       if (weighted) {
-        const double w = static_cast<double>(broadcast_at(pb.weight, i));
+        const double w = static_cast<double>(broadcast_at(pb.weight, pb.base + i));
         l = (w == 0.0 && std::isinf(l)) ? 0.0 : w * l;  // 0 * inf = 0 (the limit); NaN stays
         g *= w;
       }
@@ -107,14 +99,9 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
       if (pb.diff) pb.diff[i] = static_cast<T>(g * pb.grad_scale);
     }
   };
-  parallel_blocks(n_blocks, threads_for(n, n_blocks), [&](int64_t b) {
-    const int64_t begin = b * kElementBlock;
-    const int64_t end = std::min(n, begin + kElementBlock);
-    double acc = 0.0;
-    int64_t valid = 0;
-    if constexpr (std::is_same_v<T, float>) {
-      // Vector runs; a run of 16 with a non-finite logit, and the tail, go to the scalar kernel.
-      for (int64_t i = begin; vec && i < end;) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (vec) {
+      for (int64_t i = begin; i < end;) {
         fast::SigmoidJob job;
         job.x = pb.x + i;
         job.t = pb.t + i;
@@ -128,16 +115,63 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
         valid += done;
         i += done;
         const int64_t stop = std::min(end, i + fast::kLanes);
-        scalar(i, stop, acc, valid);
+        scalar(i, stop);
         i = stop;
       }
-      if (vec) {
+      return;
+    }
+  }
+  scalar(begin, end);
+}
+
+}  // namespace
+
+template <typename T>
+ElementSums elementwise_xent(const ElementProblem<T>& pb) {
+  const int64_t n = pb.n;
+  const int64_t n_blocks = (n + kElementBlock - 1) / kElementBlock;
+  std::vector<double> loss_part(static_cast<size_t>(n_blocks), 0.0);
+  std::vector<int64_t> count_part(static_cast<size_t>(n_blocks), 0);
+  const fast::Kernels* vec = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    if (pb.op == ElementOp::logits && !pb.weight.data && !pb.pos_weight.data && !pb.has_ignore) {
+      vec = fast::kernels();
+    }
+  }
+  parallel_blocks(n_blocks, threads_for(n, n_blocks), [&](int64_t b) {
+    const int64_t begin = b * kElementBlock;
+    const int64_t end = std::min(n, begin + kElementBlock);
+    double acc = 0.0;
+    int64_t valid = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      if (pb.half) {
+        // float16 storage: the block is widened into float32 scratch and its outputs rounded back.
+        const HalfElementIO& h = *pb.half;
+        const int64_t len = end - begin;
+        thread_local std::vector<float> buf;
+        if (buf.size() < static_cast<size_t>(3 * kElementBlock)) buf.resize(3 * kElementBlock);
+        float* xs = buf.data();
+        float* ts = xs + kElementBlock;
+        float* ls = ts + kElementBlock;
+        to_float(reinterpret_cast<const half*>(h.x + begin), xs, len);
+        to_float(reinterpret_cast<const half*>(h.t + begin), ts, len);
+        ElementProblem<float> lp = pb;
+        lp.half = nullptr;
+        lp.x = xs;
+        lp.t = ts;
+        lp.n = len;
+        lp.base = pb.base + begin;
+        lp.diff = h.diff ? xs : nullptr;
+        lp.loss = h.loss ? ls : nullptr;
+        element_range(lp, vec, 0, len, acc, valid);
+        if (h.diff) to_half(xs, reinterpret_cast<half*>(h.diff + begin), len);
+        if (h.loss) to_half(ls, reinterpret_cast<half*>(h.loss + begin), len);
         loss_part[static_cast<size_t>(b)] = acc;
         count_part[static_cast<size_t>(b)] = valid;
         return;
       }
     }
-    scalar(begin, end, acc, valid);
+    element_range(pb, vec, begin, end, acc, valid);
     loss_part[static_cast<size_t>(b)] = acc;
     count_part[static_cast<size_t>(b)] = valid;
   });
@@ -160,5 +194,14 @@ template ElementSums elementwise_xent<float>(const ElementProblem<float>&);
 template ElementSums elementwise_xent<double>(const ElementProblem<double>&);
 template int64_t count_not_ignored<float>(const float*, int64_t, int64_t);
 template int64_t count_not_ignored<double>(const double*, int64_t, int64_t);
+
+int64_t count_not_ignored_half(const uint16_t* t, int64_t n, int64_t ignore) {
+  int64_t valid = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(half_bits_to_float(t[i]));
+    valid += ignored_target(v, true, ignore) ? 0 : 1;
+  }
+  return valid;
+}
 
 }  // namespace xentkit::detail

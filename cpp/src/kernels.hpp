@@ -21,9 +21,31 @@
   X(T, int8_t) X(T, int16_t) X(T, int32_t) X(T, int64_t) X(T, uint8_t) X(T, uint16_t) \
   X(T, uint32_t) X(T, uint64_t)
 
+namespace xentkit {
+struct half;
+}
+
 namespace xentkit::detail {
 
+/// The bit patterns behind float16 storage (null stays null).
+inline const uint16_t* half_bits(const half* p) noexcept {
+  return reinterpret_cast<const uint16_t*>(p);
+}
+inline uint16_t* half_bits(half* p) noexcept { return reinterpret_cast<uint16_t*>(p); }
+
 // ---- softmax family: scores viewed as (outer, channels, inner), softmax over channels ---------
+
+/// float16 storage of a float32 softmax problem. When a problem carries one, its float pointers
+/// x, soft, diff, prob, log_prob and loss are null and these are read and written instead,
+/// through float32 scratch a chunk at a time (diff may alias x).
+struct HalfSoftmaxIO {
+  const uint16_t* x = nullptr;
+  const uint16_t* soft = nullptr;
+  uint16_t* diff = nullptr;
+  uint16_t* prob = nullptr;
+  uint16_t* log_prob = nullptr;
+  uint16_t* loss = nullptr;
+};
 
 enum class SoftmaxOp {
   xent,  // softmax, then cross entropy against class indices or probabilities (or no target)
@@ -52,6 +74,7 @@ struct SoftmaxProblem {
   T* loss = nullptr;               // outer*inner per-position losses
   double grad_scale = 1.0;
   double cap = 0.0;                // upper bound of -log p[y] (+inf for none)
+  const HalfSoftmaxIO* half = nullptr;  // float16 storage (T = float only)
 };
 
 /// The sum over positions of their losses, with every requested output written in the same pass.
@@ -79,6 +102,14 @@ enum class ElementOp {
   probabilities,  // l = -(t max(log x, -100) + (1 - t) max(log(1 - x), -100))
 };
 
+/// float16 storage of a float32 elementwise problem (see HalfSoftmaxIO).
+struct HalfElementIO {
+  const uint16_t* x = nullptr;
+  const uint16_t* t = nullptr;
+  uint16_t* diff = nullptr;
+  uint16_t* loss = nullptr;
+};
+
 template <typename T>
 struct ElementProblem {
   ElementOp op = ElementOp::logits;
@@ -92,6 +123,8 @@ struct ElementProblem {
   T* diff = nullptr;             // grad_scale * dl/dx, 0 where ignored; may alias x
   T* loss = nullptr;             // per-element losses (0 where ignored)
   double grad_scale = 1.0;
+  int64_t base = 0;              // global index of x[0] (for the broadcast weights)
+  const HalfElementIO* half = nullptr;  // float16 storage (T = float only)
 };
 
 struct ElementSums {
@@ -105,5 +138,6 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb);
 /// Elements whose target truncated toward zero differs from `ignore`.
 template <typename T>
 int64_t count_not_ignored(const T* t, int64_t n, int64_t ignore);
+int64_t count_not_ignored_half(const uint16_t* t, int64_t n, int64_t ignore);
 
 }  // namespace xentkit::detail

@@ -8,9 +8,11 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "checks.hpp"
 #include "kernels.hpp"
+#include "xentkit/half.hpp"
 #include "xentkit/losses.hpp"
 
 namespace xentkit {
@@ -65,9 +67,10 @@ SoftmaxShape check_softmax_shape(const T* input, int64_t outer, int64_t channels
   return s;
 }
 
-template <typename T, typename L>
-T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_t outer,
-                   int64_t channels, int64_t inner, const T* weight, T* loss, T* grad,
+/// S is the storage type of input, loss and grad: T, or half (computed in T = float).
+template <typename T, typename L, typename S = T>
+T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_t outer,
+                   int64_t channels, int64_t inner, const T* weight, S* loss, S* grad,
                    int64_t ignore_index, Reduction reduction, double smoothing,
                    double grad_output) {
   detail::check_reduction(reduction);
@@ -82,8 +85,18 @@ T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_
     mean_divisor = detail::target_weight_sum(target, s.positions, channels, ignore, weight);
   }
   detail::SoftmaxProblem<T, L> pb;
+  detail::HalfSoftmaxIO io;
   pb.op = op;
-  pb.x = input;
+  if constexpr (std::is_same_v<S, T>) {
+    pb.x = input;
+    pb.diff = grad;
+    pb.loss = loss;
+  } else {
+    io.x = detail::half_bits(input);
+    io.diff = detail::half_bits(grad);
+    io.loss = detail::half_bits(loss);
+    pb.half = &io;
+  }
   pb.labels = target;
   pb.outer = outer;
   pb.channels = channels;
@@ -92,8 +105,6 @@ T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_
   pb.ignore = ignore_index;
   pb.class_weight = weight;
   pb.smoothing = smoothing;
-  pb.diff = grad;
-  pb.loss = loss;
   pb.grad_scale = grad_output / divisor(reduction, mean_divisor);
   pb.cap = std::numeric_limits<double>::infinity();
   const double sum = detail::softmax_xent(pb);
@@ -102,9 +113,9 @@ T class_index_loss(detail::SoftmaxOp op, const T* input, const L* target, int64_
 
 /// Checks and runs an elementwise problem (probabilities are range-checked first); mean divides
 /// by `count`.
-template <typename T>
-T binary_loss(detail::ElementOp op, const T* input, const T* target, int64_t count,
-              Broadcast<T> weight, Broadcast<T> pos_weight, T* loss, T* grad,
+template <typename T, typename S = T>
+T binary_loss(detail::ElementOp op, const S* input, const S* target, int64_t count,
+              Broadcast<T> weight, Broadcast<T> pos_weight, S* loss, S* grad,
               const BinaryCrossEntropyOptions& options) {
   detail::check_reduction(options.reduction);
   detail::check_size("count", count);
@@ -113,20 +124,31 @@ T binary_loss(detail::ElementOp op, const T* input, const T* target, int64_t cou
   detail::check_broadcast("weight", weight);
   detail::check_broadcast("pos_weight", pos_weight);
   detail::check_output("grad", grad, input, count);
-  if (op == detail::ElementOp::probabilities) {
-    check_probabilities("input", input, count);
-    check_probabilities("target", target, count);
+  if constexpr (std::is_same_v<S, T>) {
+    if (op == detail::ElementOp::probabilities) {
+      check_probabilities("input", input, count);
+      check_probabilities("target", target, count);
+    }
   }
   const double n = static_cast<double>(count);
   detail::ElementProblem<T> pb;
+  detail::HalfElementIO io;
   pb.op = op;
-  pb.x = input;
-  pb.t = target;
+  if constexpr (std::is_same_v<S, T>) {
+    pb.x = input;
+    pb.t = target;
+    pb.diff = grad;
+    pb.loss = loss;
+  } else {
+    io.x = detail::half_bits(input);
+    io.t = detail::half_bits(target);
+    io.diff = detail::half_bits(grad);
+    io.loss = detail::half_bits(loss);
+    pb.half = &io;
+  }
   pb.n = count;
   pb.weight = weight;
   pb.pos_weight = pos_weight;
-  pb.diff = grad;
-  pb.loss = loss;
   pb.grad_scale = options.grad_output / divisor(options.reduction, n);
   const detail::ElementSums sums = detail::elementwise_xent(pb);
   return static_cast<T>(reduce(options.reduction, sums.loss, n));
@@ -240,5 +262,31 @@ XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_CLASS_INDEX, double)
   template void softmax<T>(const T*, int64_t, int64_t, int64_t, T*);
 XENTKIT_PYTORCH_REAL(float)
 XENTKIT_PYTORCH_REAL(double)
+
+// ---- float16 storage ----------------------------------------------------------------------
+
+template <typename L>
+float cross_entropy(const half* input, const L* target, int64_t outer, int64_t channels,
+                    int64_t inner, const float* weight, half* loss, half* grad,
+                    const CrossEntropyOptions& options) {
+  const double eps = smoothing_of(options.label_smoothing);
+  return class_index_loss<float, L, half>(detail::SoftmaxOp::xent, input, target, outer,
+                                          channels, inner, weight, loss, grad,
+                                          options.ignore_index, options.reduction, eps,
+                                          options.grad_output);
+}
+
+float binary_cross_entropy_with_logits(const half* input, const half* target, int64_t count,
+                                       Broadcast<float> weight, Broadcast<float> pos_weight,
+                                       half* loss, half* grad,
+                                       const BinaryCrossEntropyOptions& options) {
+  return binary_loss<float, half>(detail::ElementOp::logits, input, target, count, weight,
+                                  pos_weight, loss, grad, options);
+}
+
+#define XENTKIT_HALF_CLASS_INDEX(T, L)                                                          \
+  template float cross_entropy<L>(const half*, const L*, int64_t, int64_t, int64_t,             \
+                                  const float*, half*, half*, const CrossEntropyOptions&);
+XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_HALF_CLASS_INDEX, void)
 
 }  // namespace xentkit

@@ -22,6 +22,7 @@
 
 #include "kernels.hpp"
 #include "simd/fast.hpp"
+#include "xentkit/half.hpp"
 #include "xentkit/detail/labels.hpp"
 #include "xentkit/detail/parallel.hpp"
 
@@ -335,7 +336,7 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
   // a multiple of 4 KiB they would all fall into one set of the L1 cache and evict each other
   // between the sweeps; in the scratch tile they do not.
   thread_local std::vector<float> scratch;
-  const bool stage = C * w_max <= (int64_t{1} << 20);
+  const bool stage = inner > w_max && C * w_max <= (int64_t{1} << 20);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t o = t / tiles_per_outer;
     const int64_t s0 = (t % tiles_per_outer) * w_max;
@@ -370,6 +371,113 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
   return acc;
 }
 
+/// The tasks [t0, t1) of one block, on the float pointers of pb.
+template <typename T, typename L>
+double plain_tasks(const SoftmaxProblem<T, L>& pb, const Shared& sh, const fast::Kernels* vec,
+                   bool log_sum, int64_t t0, int64_t t1, int64_t w_max, int64_t tiles_per_outer) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (vec) return fast_tasks(pb, sh, *vec, t0, t1, w_max, tiles_per_outer);
+  }
+  double acc = 0.0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t o = t / tiles_per_outer;
+    const int64_t s0 = (t % tiles_per_outer) * w_max;
+    const int64_t wt = std::min(w_max, pb.inner - s0);
+    if (pb.op == SoftmaxOp::nll) {
+      acc += nll_tile(pb, o, s0, wt);
+    } else if (log_sum) {
+      acc += xent_tile<true>(pb, sh, o, s0, wt);
+    } else {
+      acc += xent_tile<false>(pb, sh, o, s0, wt);
+    }
+  }
+  return acc;
+}
+
+inline void widen(const uint16_t* in, float* out, int64_t n) {
+  to_float(reinterpret_cast<const half*>(in), out, n);
+}
+inline void narrow(const float* in, uint16_t* out, int64_t n) {
+  to_half(in, reinterpret_cast<half*>(out), n);
+}
+
+/// The tasks [t0, t1) of a float16 problem: chunks of rows (or of a tile's positions) are widened
+/// into float32 scratch, run by plain_tasks, and their outputs rounded back. Same sum order.
+template <typename L>
+double half_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fast::Kernels* vec,
+                  bool log_sum, int64_t t0, int64_t t1, int64_t w_max, int64_t tiles_per_outer) {
+  const HalfSoftmaxIO& h = *pb.half;
+  const int64_t C = pb.channels, inner = pb.inner;
+  // Positions per chunk: about 8192 elements (rows), or a slice of a tile.
+  const int64_t width = inner == 1 ? std::clamp<int64_t>(8192 / C, 1, 256)
+                                   : std::min(w_max, std::max<int64_t>(16, 65536 / C));
+  const int64_t span = width * C;
+  const int64_t arrays = 1 + (h.soft != nullptr) + (h.prob != nullptr) + (h.log_prob != nullptr);
+  thread_local std::vector<float> buf;
+  const size_t need = static_cast<size_t>(span * arrays + width);
+  if (buf.size() < need) buf.resize(need);
+  float* next = buf.data();
+  auto take = [&](bool used) {
+    float* p = used ? next : nullptr;
+    if (used) next += span;
+    return p;
+  };
+  float* xs = take(true);
+  float* qs = take(h.soft != nullptr);
+  float* ps = take(h.prob != nullptr);
+  float* ls = take(h.log_prob != nullptr);
+  float* loss = next;
+
+  SoftmaxProblem<float, L> lp = pb;
+  lp.half = nullptr;
+  lp.soft = qs;
+  lp.prob = ps;
+  lp.log_prob = ls;
+  lp.diff = h.diff ? xs : nullptr;
+  lp.loss = h.loss ? loss : nullptr;
+  lp.x = xs;
+  double acc = 0.0;
+  if (inner == 1) {
+    for (int64_t r0 = t0; r0 < t1; r0 += width) {
+      const int64_t n = std::min(width, t1 - r0);
+      const int64_t off = r0 * C;
+      widen(h.x + off, xs, n * C);
+      if (qs) widen(h.soft + off, qs, n * C);
+      lp.labels = pb.labels ? pb.labels + r0 : nullptr;
+      lp.outer = n;
+      acc += plain_tasks(lp, sh, vec, log_sum, 0, n, 1, 1);
+      if (h.diff) narrow(xs, h.diff + off, n * C);
+      if (ps) narrow(ps, h.prob + off, n * C);
+      if (ls) narrow(ls, h.log_prob + off, n * C);
+      if (h.loss) narrow(loss, h.loss + r0, n);
+    }
+    return acc;
+  }
+  lp.outer = 1;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t o = t / tiles_per_outer;
+    const int64_t s_end = std::min(inner, (t % tiles_per_outer) * w_max + w_max);
+    for (int64_t s0 = (t % tiles_per_outer) * w_max; s0 < s_end; s0 += width) {
+      const int64_t wt = std::min(width, s_end - s0);
+      const int64_t off = o * C * inner + s0;
+      for (int64_t c = 0; c < C; ++c) {
+        widen(h.x + off + c * inner, xs + c * wt, wt);
+        if (qs) widen(h.soft + off + c * inner, qs + c * wt, wt);
+      }
+      lp.labels = pb.labels ? pb.labels + o * inner + s0 : nullptr;
+      lp.inner = wt;
+      acc += plain_tasks(lp, sh, vec, log_sum, 0, 1, wt, 1);
+      for (int64_t c = 0; c < C; ++c) {
+        if (h.diff) narrow(xs + c * wt, h.diff + off + c * inner, wt);
+        if (ps) narrow(ps + c * wt, h.prob + off + c * inner, wt);
+        if (ls) narrow(ls + c * wt, h.log_prob + off + c * inner, wt);
+      }
+      if (h.loss) narrow(loss, h.loss + o * inner + s0, wt);
+    }
+  }
+  return acc;
+}
+
 }  // namespace
 
 template <typename T, typename L>
@@ -377,6 +485,7 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   if (pb.outer == 0 || pb.inner == 0) return 0.0;
   if (pb.channels == 0) {  // nothing to score: every position is ignored or has no classes
     if (pb.loss) std::fill(pb.loss, pb.loss + pb.outer * pb.inner, T(0));
+    if (pb.half && pb.half->loss) std::fill(pb.half->loss, pb.half->loss + pb.outer * pb.inner, 0);
     return 0.0;
   }
   Shared sh;
@@ -401,28 +510,16 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
     if (pb.op == SoftmaxOp::xent && !log_sum) vec = fast::kernels();
   }
   parallel_blocks(n_blocks, threads_for(work, n_blocks), [&](int64_t b) {
-    const int64_t t_end = std::min(tasks, (b + 1) * tasks_per_block);
+    const int64_t t0 = b * tasks_per_block;
+    const int64_t t1 = std::min(tasks, (b + 1) * tasks_per_block);
     if constexpr (std::is_same_v<T, float>) {
-      if (vec) {
+      if (pb.half) {
         part[static_cast<size_t>(b)] =
-            fast_tasks(pb, sh, *vec, b * tasks_per_block, t_end, w_max, tiles_per_outer);
+            half_tasks(pb, sh, vec, log_sum, t0, t1, w_max, tiles_per_outer);
         return;
       }
     }
-    double acc = 0.0;
-    for (int64_t t = b * tasks_per_block; t < t_end; ++t) {
-      const int64_t o = t / tiles_per_outer;
-      const int64_t s0 = (t % tiles_per_outer) * w_max;
-      const int64_t wt = std::min(w_max, pb.inner - s0);
-      if (pb.op == SoftmaxOp::nll) {
-        acc += nll_tile(pb, o, s0, wt);
-      } else if (log_sum) {
-        acc += xent_tile<true>(pb, sh, o, s0, wt);
-      } else {
-        acc += xent_tile<false>(pb, sh, o, s0, wt);
-      }
-    }
-    part[static_cast<size_t>(b)] = acc;
+    part[static_cast<size_t>(b)] = plain_tasks(pb, sh, vec, log_sum, t0, t1, w_max, tiles_per_outer);
   });
   return ordered_sum(part);
 }

@@ -204,3 +204,15 @@ def cast(arr, dtype):
 def flat(arr):
     """A 1-D view of a C-contiguous array, or None."""
     return None if arr is None else arr.reshape(-1)
+
+HALF = np.dtype(np.float16)
+
+
+def half_view(arr):
+    """A native, C-contiguous float16 array as flat uint16 bits (copied once when it is not)."""
+    return np.ascontiguousarray(arr, dtype=HALF).reshape(-1).view(np.uint16)
+
+
+def half_flat(arr):
+    """A 1-D uint16 view of a C-contiguous float16 array, or None."""
+    return None if arr is None else arr.reshape(-1).view(np.uint16)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, axis_value, contiguous, finish, gradient_output, ignore_value, label_array,
+from ._arrays import (HALF, as_array, axis_value, contiguous, finish, gradient_output, half_flat,
+                      half_view, ignore_value, label_array,
                       real_dtype_for, real_value)
 
 __all__ = ["sigmoid_cross_entropy_loss", "softmax_with_loss"]
@@ -74,6 +75,11 @@ def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalizat
     ign = ignore_value(ignore_label)
     mode = _mode(normalization, normalize, "batch_size")
     weight = real_value(loss_weight, "loss_weight")
+    if x0.dtype == HALF and t0.dtype == HALF:  # float16 storage, float32 arithmetic
+        work, out = _diff_output(diff, x0, HALF, (x0, t0))
+        loss = _core.sigmoid_cross_entropy_loss_half(
+            half_view(x0), half_view(t0), x0.shape[0], ign, mode, weight, half_flat(work))
+        return loss, out
     work, out = _diff_output(diff, x0, cdt, (x0, t0))
     x = contiguous(x0, cdt).reshape(-1)
     t = contiguous(t0, cdt).reshape(-1)
@@ -135,6 +141,13 @@ def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalizatio
     weight = real_value(loss_weight, "loss_weight")
     if not isinstance(prob, (bool, np.bool_)):
         raise TypeError(f"prob: expected True or False, got {prob!r}")
+    if x0.dtype == HALF:  # float16 storage, float32 arithmetic
+        work, out = _diff_output(diff, x0, HALF, (x0, l0))
+        p_out = np.empty(x0.shape, dtype=HALF) if prob else None
+        loss = _core.softmax_with_loss_half(
+            half_view(x0), lab.reshape(-1), outer, channels, inner, ign, mode, weight,
+            half_flat(work), half_flat(p_out))
+        return (loss, out, p_out) if prob else (loss, out)
     work, out = _diff_output(diff, x0, cdt, (x0, l0))
     p_out = np.empty(x0.shape, dtype=cdt) if prob else None
     x = contiguous(x0, cdt).reshape(-1)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import _core
-from ._arrays import (as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
+from ._arrays import (HALF, half_flat, half_view, as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       ignore_value, index_array, real_value, result_dtype)
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
@@ -166,6 +166,13 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
     p0 = _optional(pos_weight, "pos_weight")
     w, ws, wp = _broadcast(w0, "weight", x0.shape, cdt)
     pw, ps, pp = _broadcast(p0, "pos_weight", x0.shape, cdt)
+    if x0.dtype == HALF and t0.dtype == HALF:  # float16 storage, float32 arithmetic
+        gw, go = _grad(grad, x0, HALF, (x0, t0, w0, p0))
+        loss = _loss_output(red, x0.shape, HALF)
+        value = _core.binary_cross_entropy_with_logits_half(
+            half_view(x0), half_view(t0), w, ws, wp, pw, ps, pp, red, half_flat(loss),
+            half_flat(gw))
+        return _result(red, value, loss, rdt, gw, go, _wants(grad))
     gw, go = _grad(grad, x0, cdt, (x0, t0, w0, p0))
     loss = _loss_output(red, x0.shape, cdt)
     value = _core.binary_cross_entropy_with_logits(
@@ -204,13 +211,21 @@ def _index_target(t0, x0, shapes, function):
     return index_array(t0, "target")
 
 
-def _class_index(kernel, function, layout, x0, t0, w0, red, ignore, grad, *options):
-    """The class-index path of cross_entropy (options: label smoothing) and nll_loss."""
+def _class_index(kernel, function, layout, x0, t0, w0, red, ignore, grad, *options,
+                 half_kernel=None):
+    """The class-index path of cross_entropy (options: label smoothing) and nll_loss.
+    half_kernel: the float16-storage kernel, when the function has one."""
     outer, channels, inner, shapes = layout
     rdt = result_dtype((x0,), ("input",))
     cdt = compute_dtype(rdt)
     t = _index_target(t0, x0, shapes, function)
     w = _class_weight(w0, channels, cdt)
+    if half_kernel is not None and x0.dtype == HALF:
+        gw, go = _grad(grad, x0, HALF, (x0, t0, w0))
+        loss = _loss_output(red, _position_shape(x0), HALF)
+        value = half_kernel(half_view(x0), t.reshape(-1), outer, channels, inner, w, ignore, red,
+                            *options, half_flat(loss), half_flat(gw))
+        return _result(red, value, loss, rdt, gw, go, _wants(grad))
     gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
     loss = _loss_output(red, _position_shape(x0), cdt)
     value = kernel(contiguous(x0, cdt).reshape(-1), t.reshape(-1), outer, channels, inner, w,
@@ -301,7 +316,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             inner, w, red, eps, flat(loss), flat(gw))
         return _result(red, value, loss, rdt, gw, go, _wants(grad))
     return _class_index(_core.cross_entropy_indices, "cross_entropy", layout, x0, t0, w0, red,
-                        ignore, grad, eps)
+                        ignore, grad, eps, half_kernel=_core.cross_entropy_indices_half)
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False):

@@ -9,7 +9,8 @@ from libcpp.optional cimport optional
 
 from xentkit._cpp cimport (
     BinaryCrossEntropyOptions, Broadcast, CrossEntropyOptions, NllLossOptions, Normalization,
-    Reduction, SigmoidCrossEntropyLossOptions, SoftmaxWithLossOptions, xk_set_label_error_type)
+    Reduction, SigmoidCrossEntropyLossOptions, SoftmaxWithLossOptions, half,
+    xk_set_label_error_type)
 from xentkit cimport _cpp
 
 ctypedef fused real_t:
@@ -376,3 +377,97 @@ def cross_entropy_small(object input, object target, int reduction, bint want_gr
             PyBuffer_Release(&tb)
     finally:
         PyBuffer_Release(&xb)
+
+
+
+# ---- float16 storage: uint16 views of float16 arrays, computed in float32 chunk by chunk --------
+
+cdef inline const half* _hin(const uint16_t[::1] a):
+    return <const half*>&a[0] if a is not None and a.shape[0] > 0 else NULL
+
+
+cdef inline half* _hout(uint16_t[::1] a):
+    return <half*>&a[0] if a is not None and a.shape[0] > 0 else NULL
+
+
+def cross_entropy_indices_half(const uint16_t[::1] input, const index_t[::1] target,
+                               int64_t outer, int64_t channels, int64_t inner,
+                               const float[::1] weight, int64_t ignore_index, int reduction,
+                               double label_smoothing, uint16_t[::1] loss, uint16_t[::1] grad):
+    cdef CrossEntropyOptions opts
+    opts.ignore_index = ignore_index
+    opts.reduction = <Reduction>reduction
+    opts.label_smoothing = label_smoothing
+    cdef const half* px = _hin(input)
+    cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
+    cdef const float* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL
+    cdef half* pl = _hout(loss)
+    cdef half* pg = _hout(grad)
+    cdef float result
+    with nogil:
+        result = _cpp.cross_entropy_half(px, pt, outer, channels, inner, pw, pl, pg, opts)
+    return <double>result
+
+
+def softmax_with_loss_half(const uint16_t[::1] scores, const label_t[::1] labels, int64_t outer,
+                           int64_t channels, int64_t inner, object ignore_label,
+                           int normalization, double loss_weight, uint16_t[::1] diff,
+                           uint16_t[::1] prob):
+    cdef SoftmaxWithLossOptions opts
+    if ignore_label is not None:
+        opts.ignore_label = optional[int64_t](<int64_t>ignore_label)
+    opts.normalization = <Normalization>normalization
+    opts.loss_weight = loss_weight
+    cdef const half* ps = _hin(scores)
+    cdef const label_t* pl = &labels[0] if labels.shape[0] > 0 else NULL
+    cdef half* pd = _hout(diff)
+    cdef half* pp = _hout(prob)
+    cdef float loss
+    with nogil:
+        loss = _cpp.softmax_with_loss_half(ps, pl, outer, channels, inner, pd, pp, opts)
+    return <double>loss
+
+
+def binary_cross_entropy_with_logits_half(
+        const uint16_t[::1] input, const uint16_t[::1] target, const float[::1] weight,
+        int64_t w_stride, int64_t w_period, const float[::1] pos_weight, int64_t p_stride,
+        int64_t p_period, int reduction, uint16_t[::1] loss, uint16_t[::1] grad):
+    cdef BinaryCrossEntropyOptions opts
+    opts.reduction = <Reduction>reduction
+    cdef int64_t n = input.shape[0]
+    cdef Broadcast[float] w
+    cdef Broadcast[float] pw
+    if weight is not None and weight.shape[0] > 0:
+        w.data = &weight[0]
+        w.stride = w_stride
+        w.period = w_period
+    if pos_weight is not None and pos_weight.shape[0] > 0:
+        pw.data = &pos_weight[0]
+        pw.stride = p_stride
+        pw.period = p_period
+    cdef const half* px = _hin(input)
+    cdef const half* pt = _hin(target)
+    cdef half* pl = _hout(loss)
+    cdef half* pg = _hout(grad)
+    cdef float result
+    with nogil:
+        result = _cpp.binary_cross_entropy_with_logits_half(px, pt, n, w, pw, pl, pg, opts)
+    return <double>result
+
+
+def sigmoid_cross_entropy_loss_half(const uint16_t[::1] scores, const uint16_t[::1] targets,
+                                    int64_t outer, object ignore_label, int normalization,
+                                    double loss_weight, uint16_t[::1] diff):
+    cdef SigmoidCrossEntropyLossOptions opts
+    if ignore_label is not None:
+        opts.ignore_label = optional[int64_t](<int64_t>ignore_label)
+    opts.normalization = <Normalization>normalization
+    opts.loss_weight = loss_weight
+    cdef int64_t n = scores.shape[0]
+    cdef const half* ps = _hin(scores)
+    cdef const half* pt = _hin(targets)
+    cdef half* pd = _hout(diff)
+    cdef float loss
+    with nogil:
+        loss = _cpp.sigmoid_cross_entropy_loss_half(ps, pt, outer, n, pd, opts)
+    return <double>loss

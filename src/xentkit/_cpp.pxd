@@ -1,6 +1,6 @@
 # Declarations mirroring the public C++ headers (cpp/include/xentkit). Every call that can throw
 # goes through xk_raise_py_error, which maps the C++ exception classes to Python ones.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libcpp cimport bool
 from libcpp.string cimport string
 from libcpp.optional cimport optional
@@ -123,3 +123,25 @@ cdef extern from "xentkit/losses.hpp" namespace "xentkit" nogil:
     void sparse_softmax_cross_entropy_with_logits[T, L](
         const L* labels, const T* logits, int64_t rows, int64_t channels, T* loss,
         T* grad) except +xk_raise_py_error
+
+
+cdef extern from "xentkit/half.hpp" nogil:
+    ctypedef struct half "xentkit::half":
+        uint16_t bits
+
+
+cdef extern from "xentkit/half.hpp" namespace "xentkit" nogil:
+    float cross_entropy_half "xentkit::cross_entropy"[L](
+        const half* input, const L* target, int64_t outer, int64_t channels, int64_t inner,
+        const float* weight, half* loss, half* grad, const CrossEntropyOptions& options) \
+        except +xk_raise_py_error
+    float softmax_with_loss_half "xentkit::softmax_with_loss"[L](
+        const half* scores, const L* labels, int64_t outer, int64_t channels, int64_t inner,
+        half* diff, half* prob, const SoftmaxWithLossOptions& options) except +xk_raise_py_error
+    float binary_cross_entropy_with_logits_half "xentkit::binary_cross_entropy_with_logits"(
+        const half* input, const half* target, int64_t count, Broadcast[float] weight,
+        Broadcast[float] pos_weight, half* loss, half* grad,
+        const BinaryCrossEntropyOptions& options) except +xk_raise_py_error
+    float sigmoid_cross_entropy_loss_half "xentkit::sigmoid_cross_entropy_loss"(
+        const half* scores, const half* targets, int64_t outer, int64_t count, half* diff,
+        const SigmoidCrossEntropyLossOptions& options) except +xk_raise_py_error

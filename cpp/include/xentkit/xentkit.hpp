@@ -4,6 +4,7 @@
 #include "xentkit/cpu.hpp"
 #include "xentkit/device.hpp"
 #include "xentkit/errors.hpp"
+#include "xentkit/half.hpp"
 #include "xentkit/losses.hpp"
 #include "xentkit/options.hpp"
 #include "xentkit/threading.hpp"

@@ -51,6 +51,9 @@ struct Kernels {
   int64_t (*softmax_positions)(const SoftmaxJob&);
   /// Returns the elements done (a multiple of 16 or n); the sum of their losses in *sum.
   int64_t (*sigmoid)(const SigmoidJob&, double* sum);
+  /// IEEE binary16 bit patterns to float and back (to nearest, ties to even).
+  void (*half_to_float)(const uint16_t*, float*, int64_t);
+  void (*float_to_half)(const float*, uint16_t*, int64_t);
 };
 
 /// The kernels for the instruction set in use, or null when none is compiled in (then the

@@ -19,6 +19,7 @@
 #include <immintrin.h>
 #endif
 
+#include "half_bits.hpp"
 #include "simd/fast.hpp"
 
 #ifndef XENTKIT_ISA
@@ -27,6 +28,9 @@
 
 namespace xentkit::detail::fast::XENTKIT_ISA {
 namespace {
+
+using ::xentkit::detail::float_to_half_bits;
+using ::xentkit::detail::half_bits_to_float;
 
 #include "simd/vec.hpp"
 
@@ -293,7 +297,40 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   return i;
 }
 
-const Kernels table = {XENTKIT_ISA_NAME, softmax_rows, softmax_positions, sigmoid};
+void half_to_float(const uint16_t* in, float* out, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                  reinterpret_cast<const __m256i*>(in + i))));
+  }
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(
+                                  reinterpret_cast<const __m128i*>(in + i))));
+  }
+#endif
+  for (; i < n; ++i) out[i] = half_bits_to_float(in[i]);
+}
+
+void float_to_half(const float* in, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+#endif
+  for (; i < n; ++i) out[i] = float_to_half_bits(in[i]);
+}
+
+const Kernels table = {XENTKIT_ISA_NAME, softmax_rows, softmax_positions, sigmoid,
+                       half_to_float, float_to_half};
 
 }  // namespace
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ._partial import LOSSES, block_partial, cut, finish, make_plan
+from ._partial import LOSSES, block_partial, check_block_shapes, cut, finish, make_plan
 
 DEFAULT_CHUNK_MB = 64
 
@@ -47,7 +47,7 @@ one JSON object on stdout: "loss" (NaN prints as NaN), "loss_name", "dtype", "ro
 """ % DEFAULT_CHUNK_MB
 
 
-class EvalError(Exception):
+class EvalError(ValueError):
     """A user error: reported on stderr with exit status 2."""
 
 
@@ -149,6 +149,7 @@ def evaluate(loss: str, a: np.ndarray, b: np.ndarray, options: Dict[str, Any],
     weights = {k: v for k, v in (weights or {}).items() if v is not None}
     plan = make_plan(loss, a.shape, a.dtype, b.shape, b.dtype, options,
                      {k: v.shape for k, v in weights.items()})
+    check_block_shapes(plan, a.shape, a.dtype, b.shape, b.dtype, weights)
     rows = plan.rows
     if not plan.splittable:
         step = max(rows, 1)
@@ -171,13 +172,16 @@ def evaluate(loss: str, a: np.ndarray, b: np.ndarray, options: Dict[str, Any],
         for start in starts:
             stop = min(start + step, rows)
             blk = {k: cut(plan, k, w, start, stop) for k, w in weights.items()}
-            totals += block_partial(plan, cut(plan, "a", a, start, stop),
-                                    cut(plan, "b", b, start, stop), blk)
+            try:
+                totals += block_partial(plan, cut(plan, "a", a, start, stop),
+                                        cut(plan, "b", b, start, stop), blk)
+            except (ValueError, TypeError) as e:
+                if not plan.splittable or (start == 0 and stop == rows):
+                    raise
+                raise EvalError(f"{e} (in the block of rows [{start}, {stop}); its flat "
+                                f"indices count from row {start})") from e
             chunks += 1
             bar.update(stop - start if plan.splittable else rows)
-        if plan.splittable and rows == 0:  # one empty block: options and shapes still checked
-            totals += block_partial(plan, a[:0], cut(plan, "b", b, 0, 0),
-                                    {k: cut(plan, k, w, 0, 0) for k, w in weights.items()})
     finally:
         bar.close()
     result = finish(plan, totals)

@@ -131,15 +131,19 @@ def make_plan(name: str, a_shape, a_dtype, b_shape, b_dtype, options: Dict[str, 
     if name == "softmax_with_loss":
         axis = _axis(options.get("axis"), ndim, 1)
         splittable = ndim >= 1 and axis >= 1
+        expected = math.prod(a_shape[:axis]) * math.prod(a_shape[axis + 1:])
+        if math.prod(b_shape) != expected:
+            raise ValueError(
+                f"{b_name}: expected {expected} values for {a_name} of shape {a_shape} with "
+                f"axis={axis}, got shape {b_shape}")
         if splittable and (len(b_shape) == 0 or b_shape[0] != rows):
             target_rows = "reshape"
-            expected = math.prod(a_shape[:axis]) * math.prod(a_shape[axis + 1:])
-            if math.prod(b_shape) != expected:
-                raise ValueError(
-                    f"{b_name}: expected {expected} values for {a_name} of shape {a_shape} with "
-                    f"axis={axis}, got shape {b_shape}")
         plan_kw["normalization"] = _normalization(name, options)
     elif name == "sigmoid_cross_entropy_loss":
+        if math.prod(b_shape) != math.prod(a_shape):
+            raise ValueError(
+                f"{b_name}: expected the same number of elements and the same first dimension "
+                f"as {a_name} {a_shape}, got shape {b_shape}")
         plan_kw["normalization"] = _normalization(name, options)
     elif name == "softmax_cross_entropy_with_logits":
         axis = _axis(options.get("axis"), ndim, -1)
@@ -176,6 +180,27 @@ def make_plan(name: str, a_shape, a_dtype, b_shape, b_dtype, options: Dict[str, 
         rdt = np.dtype(np.float64)
     return Plan(name, info, dict(options), rows, splittable, target_rows, rdt,
                 row_weights=tuple(row_weights), **plan_kw)
+
+
+def check_block_shapes(plan: Plan, a_shape, a_dtype, b_shape, b_dtype,
+                       weights: Dict[str, Any]) -> None:
+    """Checks shapes, dtypes and options on a zero-row block of the whole arrays' layout, so
+    that mismatches of the trailing dimensions are reported before any block is read."""
+    if not plan.splittable:
+        return
+    if plan.target_rows == "reshape":
+        b_zero = (0, math.prod(b_shape) // plan.rows if plan.rows else 0)
+    else:
+        b_zero = (0,) + tuple(b_shape[1:])
+    try:
+        block_partial(plan, np.zeros((0,) + tuple(a_shape[1:]), a_dtype),
+                      np.zeros(b_zero, b_dtype),
+                      {k: (np.asarray(w)[:0] if k in plan.row_weights else w)
+                       for k, w in weights.items()})
+    except (ValueError, TypeError) as e:
+        a_name, b_name = plan.info.arrays
+        raise type(e)(f"{e} (checked on 0 rows of {a_name} {tuple(a_shape)} {np.dtype(a_dtype)} "
+                      f"and {b_name} {tuple(b_shape)} {np.dtype(b_dtype)})") from None
 
 
 def cut(plan: Plan, which: str, array, start: int, stop: int):

@@ -263,6 +263,10 @@ def block_partial(plan: Plan, a, b, weights: Optional[Dict[str, Any]] = None) ->
         out[:] = (total, valid, positions, outer)
         return out
     if plan.info.family == "torch":
+        # float16 is computed in float32 anyway; converting first keeps the block's sum in
+        # float32 (the eager functions round only the final result to float16).
+        a = a.astype(np.float32) if a.dtype == np.float16 else a
+        b = b.astype(np.float32) if b.dtype == np.float16 else b
         kw = {k: v for k, v in opts.items() if k in plan.info.options and v is not None}
         kw.update(weights)
         kw["reduction"] = "sum"

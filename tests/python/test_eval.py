@@ -79,6 +79,11 @@ def _cases(rng):
                 {"input": x, "target": tq}, {"pos_weight": pw, "weight": wc},
                 lambda a, b: rb.bce_logits_ref(a, b, wc, pos_weight=pw)[0]))
 
+    xh = rng.normal(scale=300.0, size=(n, 40)).astype(np.float16)  # block sums beyond 65504
+    th = rng.uniform(size=(n, 40)).astype(np.float16)
+    out.append(("bcelogits-float16", "binary_cross_entropy_with_logits",
+                {"input": xh, "target": th}, {}, lambda a, b: rb.bce_logits_ref(a, b)[0]))
+
     x = rng.normal(scale=2.0, size=(n, 5, 3))
     y = rng.integers(0, 5, size=(n, 3)).astype(np.int16)
     y[rng.uniform(size=y.shape) < 0.2] = -100
@@ -150,7 +155,7 @@ def _run(capsys, argv):
 
 
 def _tol(dtype):
-    return 2e-6 if np.dtype(dtype) == np.float32 else 1e-12
+    return {np.float16: 1e-3, np.float32: 2e-6}.get(np.dtype(dtype).type, 1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -195,3 +195,20 @@ def test_dask_distributed_local_cluster():
     assert float(got_torch) == pytest.approx(
         rs.cross_entropy(x, y, w, label_smoothing=0.05)[0], rel=1e-12)
     np.testing.assert_allclose(got_rows, rb.sparse_tf_ref(y, x)[0], rtol=1e-12)
+
+
+def test_dask_class_axis_zero_is_one_block():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=6)
+    y = np.array(3)
+    lazy = xd.cross_entropy(da.from_array(x, chunks=2), y)
+    assert float(lazy.compute()) == pytest.approx(rs.cross_entropy(x, y)[0], rel=1e-12)
+    s = rng.normal(size=(4, 3))
+    lab = rng.integers(0, 4, size=3)
+    lazy = xd.softmax_with_loss(da.from_array(s, chunks=1), lab, axis=0)
+    assert float(lazy.compute()) == pytest.approx(
+        xentkit.softmax_with_loss(s, lab, axis=0, diff=False)[0], rel=1e-12)
+    z = rng.uniform(size=(4, 3))
+    lazy = xd.softmax_cross_entropy_with_logits(z, da.from_array(s, chunks=1), axis=0)
+    assert lazy.shape == (3,)
+    np.testing.assert_allclose(lazy.compute(), rb.softmax_tf_ref(z, s, axis=0)[0], rtol=1e-12)

@@ -7,6 +7,10 @@ On NumPy arrays, the loss and its gradient from one fused pass, inputs read with
   :func:`cross_entropy`, :func:`nll_loss`, :func:`log_softmax`, :func:`softmax`;
 * TensorFlow's: :func:`sigmoid_cross_entropy_with_logits`,
   :func:`softmax_cross_entropy_with_logits`, :func:`sparse_softmax_cross_entropy_with_logits`.
+
+Also: :mod:`xentkit.dask` (the same losses over dask arrays chunked along the batch axis, with
+the ``dask`` extra), the ``xentkit`` command line (``demo``, ``eval`` over .npy files) and the
+C++ SDK shipped in the package (:func:`cmake_dir`).
 """
 
 from __future__ import annotations

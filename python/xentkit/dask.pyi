@@ -6,7 +6,8 @@ import numpy.typing as npt
 _ArrayIn = Union[da.Array, npt.ArrayLike]
 
 def sigmoid_cross_entropy_loss(scores: _ArrayIn, targets: _ArrayIn, *,
-                               ignore_label: Optional[int] = ..., normalization: Optional[str] = ...,
+                               ignore_label: Optional[int] = ...,
+                               normalization: Optional[str] = ...,
                                normalize: Optional[bool] = ...) -> da.Array: ...
 def softmax_with_loss(scores: _ArrayIn, labels: _ArrayIn, *, axis: int = ...,
                       ignore_label: Optional[int] = ..., normalization: Optional[str] = ...,

@@ -213,3 +213,20 @@ def test_dask_class_axis_zero_is_one_block():
     lazy = xd.softmax_cross_entropy_with_logits(z, da.from_array(s, chunks=1), axis=0)
     assert lazy.shape == (3,)
     np.testing.assert_allclose(lazy.compute(), rb.softmax_tf_ref(z, s, axis=0)[0], rtol=1e-12)
+
+
+def test_dask_weights_as_dask_arrays():
+    """A weight of the input's shape is cut into the input's row blocks whatever its own
+    chunks; a broadcast weight is used whole in every block."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(20, 4))
+    t = rng.uniform(size=(20, 4))
+    w = rng.uniform(0.1, 2.0, size=(20, 4))
+    pw = rng.uniform(0.5, 3.0, size=4)
+    args = (da.from_array(x, chunks=6), t, da.from_array(w, chunks=7))
+    kwargs = {"pos_weight": da.from_array(pw, chunks=2)}
+    got = xd.binary_cross_entropy_with_logits(*args, **kwargs).compute()
+    assert float(got) == pytest.approx(rb.bce_logits_ref(x, t, w, pos_weight=pw)[0], rel=1e-12)
+    per = xd.binary_cross_entropy_with_logits(*args, reduction="none", **kwargs).compute()
+    np.testing.assert_allclose(
+        per, rb.bce_logits_ref(x, t, w, reduction="none", pos_weight=pw)[0], rtol=1e-12)

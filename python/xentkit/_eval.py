@@ -41,9 +41,10 @@ options: Caffe layers --ignore-label, --normalization (default: Caffe's), --norm
 
 The arrays are read in blocks of rows along axis 0 (--chunk-rows, or as many rows as fit in
 --chunk-mb megabytes of input, default %d). When axis 0 is the class axis (1-D inputs of the
-class-index losses, an explicit class axis 0) the arrays are read in one block. The result is
-one JSON object on stdout (the progress bar, on stderr, uses tqdm when it is installed): "loss" (NaN prints as NaN), "loss_name", "dtype", "rows",
-"elements", "divisor" and the counts of the loss. Errors: a message on stderr, exit status 2.
+class-index losses, an explicit class axis 0) the arrays are read in one block. The progress
+bar (stderr) uses tqdm when it is installed. The result is one JSON object on stdout: "loss"
+(NaN prints as NaN), "loss_name", "dtype", "rows", "elements", "divisor" and the counts of
+the loss. Errors: a message on stderr, exit status 2.
 """ % DEFAULT_CHUNK_MB
 
 

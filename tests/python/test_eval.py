@@ -420,6 +420,19 @@ def test_eval_progress_forced(tmp_path, capsys):
     assert err != ""  # a progress display was drawn on stderr
 
 
+def test_eval_progress_without_tqdm(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(8, 3))
+    t = rng.uniform(size=(8, 3))
+    argv = ["eval", "--loss", "binary_cross_entropy_with_logits", "--progress",
+            "--chunk-rows", "3"]
+    code, out, err = _run(capsys, argv + _write(tmp_path, {"input": x, "target": t}, []))
+    assert code == 0
+    assert json.loads(out)["loss"] == pytest.approx(rb.bce_logits_ref(x, t)[0], rel=1e-12)
+    assert "8/8 rows (100.0%)" in err
+
+
 def test_cmake_dir(capsys):
     code = main(["--cmake-dir"])
     out = capsys.readouterr().out.strip()

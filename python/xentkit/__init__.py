@@ -7,6 +7,10 @@ On NumPy arrays, the loss and its gradient from one fused pass, inputs read with
   :func:`cross_entropy`, :func:`nll_loss`, :func:`log_softmax`, :func:`softmax`;
 * TensorFlow's: :func:`sigmoid_cross_entropy_with_logits`,
   :func:`softmax_cross_entropy_with_logits`, :func:`sparse_softmax_cross_entropy_with_logits`.
+
+Also: :mod:`xentkit.dask` (the same losses over dask arrays chunked along the batch axis, with
+the ``dask`` extra), the ``xentkit`` command line (``demo``, ``eval`` over .npy files) and the
+C++ SDK shipped in the package (:func:`cmake_dir`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "LabelError",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "cmake_dir",
     "cross_entropy",
     "cuda_available",
     "cuda_built",
@@ -94,3 +99,19 @@ def cuda_available() -> bool:
 def cuda_built() -> bool:
     """True when this build compiled the CUDA kernels (whether or not a device is present)."""
     return bool(_core.cuda_built())
+
+
+def cmake_dir() -> str:
+    """The directory holding ``xentkitConfig.cmake`` of the C++ SDK shipped in this package
+    (headers, static library, exported target ``xentkit::xentkit``), for
+    ``-Dxentkit_DIR=...`` or ``CMAKE_PREFIX_PATH``. Raises FileNotFoundError when this
+    installation has no SDK."""
+    import os
+
+    for root in __path__:
+        candidate = os.path.join(os.path.abspath(root), "cmake")
+        if os.path.isfile(os.path.join(candidate, "xentkitConfig.cmake")):
+            return candidate
+    raise FileNotFoundError(
+        "xentkit: the C++ SDK (cmake/xentkitConfig.cmake) is not part of this installation "
+        f"(searched {list(__path__)})")

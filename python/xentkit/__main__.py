@@ -130,8 +130,13 @@ def _summed(result):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="xentkit", description="Cross-entropy losses.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--cmake-dir", action="store_true",
+                        help="print the directory of the C++ SDK's xentkitConfig.cmake and exit")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("demo", help="run every loss on a small built-in example, with gradient checks")
+    from ._eval import add_parser as _add_eval_parser
+
+    _add_eval_parser(sub)
     sub.add_parser("bench", add_help=False,
                    help="time xentkit against PyTorch and a NumPy copy (xentkit bench --help)")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -145,6 +150,19 @@ def main(argv=None) -> int:
 
         print(xentkit.__version__)
         return 0
+    if args.cmake_dir:
+        import xentkit
+
+        try:
+            print(xentkit.cmake_dir())
+        except FileNotFoundError as e:
+            print(f"xentkit: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "eval":
+        from ._eval import run as _run_eval
+
+        return _run_eval(args)
     if args.command == "demo":
         return _demo()
     parser.print_help()

@@ -336,7 +336,8 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
   // a multiple of 4 KiB they would all fall into one set of the L1 cache and evict each other
   // between the sweeps; in the scratch tile they do not.
   thread_local std::vector<float> scratch;
-  const bool stage = inner > w_max && C * w_max <= (int64_t{1} << 20);
+  // (Up to 256 classes the kernel packs each group itself.)
+  const bool stage = inner > w_max && C > 256 && C * w_max <= (int64_t{1} << 20);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t o = t / tiles_per_outer;
     const int64_t s0 = (t % tiles_per_outer) * w_max;

@@ -47,7 +47,7 @@ struct Finish {
 
 /// other: the sum of e over the classes other than the label (all classes without a label);
 /// ey: e at the label; zy: x[label] - max (read before any in-place write).
-inline void finish_rows(int n, const double* other, const float* ey, const float* zy,
+XK_INLINE void finish_rows(int n, const double* other, const float* ey, const float* zy,
                         const int32_t* y, const double* a, double grad_scale, double cap,
                         double* loss, Finish& f) noexcept {
   double o_buf[W], a_buf[W];
@@ -65,19 +65,20 @@ inline void finish_rows(int n, const double* other, const float* ey, const float
   const vi vy = load_i(y_buf);
   const vi labelled = vy >= splat_i(0);
   const vl labelled_d = wide_mask(labelled);
-  const vd sum = vo + (labelled_d ? widen(vey) : splat_d(0.0));
+  const vd sum = vo + sel(labelled_d, widen(vey), splat_d(0.0));
   const vd inv = 1.0 / sum;
   const vd coef = load_d(a_buf) * grad_scale;
   // -log p[y] = log1p(other / e[y]) in float; exact enough when e[y] is not tiny (the ratio
   // stays below 2^127); tiny e[y] lanes are redone below in double.
-  const vf ratio = narrow(vo / widen(vey > splat(0x1p-100f) ? vey : splat(1.0f)));
+  const vf ratio = narrow(vo / widen(sel(vey > splat(0x1p-100f), vey, splat(1.0f))));
   const vd nll = widen(log1p_nonneg(ratio));
-  const vd lv = labelled_d ? (nll > splat_d(cap) ? splat_d(cap) : nll) * load_d(a_buf) : splat_d(0.0);
+  const vd lv = sel(labelled_d, sel(nll > splat_d(cap), splat_d(cap), nll) * load_d(a_buf),
+                    splat_d(0.0));
   double lbuf[W];
   store_d(lbuf, lv);
   store(f.pinv, narrow(inv));
-  store(f.scale, labelled ? narrow(inv * coef) : splat(0.0f));
-  store(f.gy, labelled ? narrow(-(vo * inv) * coef) : splat(0.0f));
+  store(f.scale, sel(labelled, narrow(inv * coef), splat(0.0f)));
+  store(f.gy, sel(labelled, narrow(-(vo * inv) * coef), splat(0.0f)));
   for (int k = 0; k < n; ++k) {
     if (y[k] >= 0 && !(ey[k] > 0x1p-100f)) {
       // e[y] tiny or 0: the label sits far below the max, other >= 1 holds the max's e = 1.
@@ -92,9 +93,69 @@ inline void finish_rows(int n, const double* other, const float* ey, const float
 }
 
 /// True when the vector holds a NaN or an infinity.
-inline vi nonfinite(vf v) noexcept { return (v - v) != splat(0.0f); }
+XK_INLINE vi nonfinite(vf v) noexcept { return (v - v) != splat(0.0f); }
 
-int64_t softmax_rows(const SoftmaxJob& jb) {
+int64_t softmax_positions(const SoftmaxJob& jb);
+int64_t softmax_rows_wide(const SoftmaxJob& jb);
+
+/// Rows of at most W classes: 16 rows at a time are transposed into a (C, 16) block and run as
+/// one group of positions, so nothing is reduced across lanes. Returns the rows done.
+int64_t softmax_rows_narrow(const SoftmaxJob& jb) {
+  const int64_t C = jb.channels;
+  alignas(64) float xt[W * W], dt[W * W], pt[W * W];
+  int32_t y[W];
+  double a[W], loss[W];
+  for (int64_t r0 = 0; r0 < jb.count; r0 += W) {
+    const int n = static_cast<int>(std::min<int64_t>(W, jb.count - r0));
+    const float* x = jb.x + r0 * C;
+    for (int64_t c = 0; c < C; ++c) {
+      for (int k = 0; k < W; ++k) xt[c * W + k] = k < n ? x[k * C + c] : 0.0f;
+    }
+    for (int k = 0; k < W; ++k) {
+      y[k] = k < n ? jb.y[r0 + k] : kSkip;
+      a[k] = k < n ? jb.a[r0 + k] : 0.0;
+    }
+    SoftmaxJob g = jb;
+    g.x = xt;
+    g.diff = jb.diff ? dt : nullptr;
+    g.prob = jb.prob ? pt : nullptr;
+    g.count = 1;
+    g.inner = W;
+    g.y = y;
+    g.a = a;
+    g.loss = loss;
+    if (softmax_positions(g) == 0) {  // a NaN or infinite logit among these rows
+      SoftmaxJob rows = jb;
+      rows.x = x;
+      rows.diff = jb.diff ? jb.diff + r0 * C : nullptr;
+      rows.prob = jb.prob ? jb.prob + r0 * C : nullptr;
+      rows.count = n;
+      rows.y = jb.y + r0;
+      rows.a = jb.a + r0;
+      rows.loss = jb.loss + r0;
+      rows.channels = C;
+      const int64_t done = softmax_rows_wide(rows);
+      if (done < n) return r0 + done;
+      continue;
+    }
+    for (int k = 0; k < n; ++k) jb.loss[r0 + k] = loss[k];
+    if (jb.diff) {
+      float* d = jb.diff + r0 * C;
+      for (int k = 0; k < n; ++k) {
+        for (int64_t c = 0; c < C; ++c) d[k * C + c] = dt[c * W + k];
+      }
+    }
+    if (jb.prob) {
+      float* p = jb.prob + r0 * C;
+      for (int k = 0; k < n; ++k) {
+        for (int64_t c = 0; c < C; ++c) p[k * C + c] = pt[c * W + k];
+      }
+    }
+  }
+  return jb.count;
+}
+
+int64_t softmax_rows_wide(const SoftmaxJob& jb) {
   const int64_t C = jb.channels;
   const int64_t full = C / W * W;
   const int tail = static_cast<int>(C - full);
@@ -105,6 +166,7 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
     int n = static_cast<int>(std::min<int64_t>(batch, jb.count - r0));
     double other[W];
     float ey[W], zy[W], mx[W];
+    alignas(64) float tails[W][W];
     // Sweep A for the whole batch first, so that a bad row is handed back untouched.
     bool stop = false;
     for (int k = 0; k < n; ++k) {
@@ -144,27 +206,29 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
       }
       const vf vm = splat(m);
       const int64_t ych = y >= 0 ? y / W * W : -1;
-      vd acc = splat_d(0.0);
+      Acc acc;
       float e_label = 0.0f;
       for (int64_t c = 0; c < full; c += W) {
         vf e = exp_nonpos(load(x + c) - vm);
         if (st) store(st + c, e);
         if (c == ych) {
-          e_label = e[y - c];
-          e = lanes == splat_i(static_cast<int32_t>(y - c)) ? splat(0.0f) : e;
+          e_label = get(e, static_cast<int>(y - c));
+          e = sel(lanes == splat_i(static_cast<int32_t>(y - c)), splat(0.0f), e);
         }
-        acc += widen(e);
+        acc.add(e);
       }
       if (tail) {
+        // The tail's e stays in a local buffer: a masked store read back by a masked load
+        // would not be forwarded and would stall sweep C.
         vf e = exp_nonpos(load_part(x + full, tail, -kFloatInf) - vm);
-        if (st) store_part(st + full, e, tail);
+        store(tails[k], e);
         if (full == ych) {
-          e_label = e[y - full];
-          e = lanes == splat_i(static_cast<int32_t>(y - full)) ? splat(0.0f) : e;
+          e_label = get(e, static_cast<int>(y - full));
+          e = sel(lanes == splat_i(static_cast<int32_t>(y - full)), splat(0.0f), e);
         }
-        acc += widen(e);
+        acc.add(e);
       }
-      other[k] = hsum(acc);
+      other[k] = acc.total();
       ey[k] = e_label;
     }
     Finish f;
@@ -188,7 +252,7 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
         if (d) store(d + c, e * sc);
       }
       if (tail) {
-        const vf e = load_part(st + full, tail, 0.0f);
+        const vf e = load(tails[k]);
         if (p) store_part(p + full, e * pinv, tail);
         if (d) store_part(d + full, e * sc, tail);
       }
@@ -199,16 +263,28 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
   return jb.count;
 }
 
+int64_t softmax_rows(const SoftmaxJob& jb) {
+  return jb.channels <= W ? softmax_rows_narrow(jb) : softmax_rows_wide(jb);
+}
+
 int64_t softmax_positions(const SoftmaxJob& jb) {
   const int64_t C = jb.channels, inner = jb.inner;
+  // Up to kPack classes, sweep A packs the group's logits into a local (C, 16) block, so sweeps B
+  // and C read contiguous lines instead of C lines `inner` floats apart (which, for strides near
+  // a multiple of 4 KiB, share one L1 set and evict each other).
+  constexpr int64_t kPack = 256;
+  alignas(64) float pack[kPack * W];
+  const bool packed = C <= kPack;
   for (int64_t g = 0; g < jb.count; ++g) {
     const int64_t j0 = g * W;
     const float* x = jb.x + j0;
     const vi vy = load_i(jb.y + j0);
     vf vm = load(x);
     vi bad = (vm != vm);
+    if (packed) store(pack, vm);
     for (int64_t c = 1; c < C; ++c) {
       const vf v = load(x + c * inner);
+      if (packed) store(pack + c * W, v);
       bad |= (v != v);
       vm = max_keep(vm, v);
     }
@@ -216,21 +292,25 @@ int64_t softmax_positions(const SoftmaxJob& jb) {
     float zy[W];
     for (int k = 0; k < W; ++k) {
       const int32_t y = jb.y[j0 + k];
-      zy[k] = y >= 0 ? x[y * inner + k] - vm[k] : 0.0f;
+      zy[k] = y >= 0 ? x[y * inner + k] - get(vm, k) : 0.0f;
     }
     float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
-    vd acc = splat_d(0.0);
+    Acc acc;
     vf vey = splat(0.0f);
     for (int64_t c = 0; c < C; ++c) {
-      const vf e = exp_nonpos(load(x + c * inner) - vm);
-      if (st) store(st + c * inner, e);
+      const vf e = exp_nonpos(load(packed ? pack + c * W : x + c * inner) - vm);
+      if (packed) {
+        store(pack + c * W, e);
+      } else if (st) {
+        store(st + c * inner, e);
+      }
       const vi at = vy == splat_i(static_cast<int32_t>(c));
-      vey = at ? e : vey;
-      acc += widen(at ? splat(0.0f) : e);
+      vey = sel(at, e, vey);
+      acc.add(sel(at, splat(0.0f), e));
     }
     double other[W];
     float ey[W];
-    store_d(other, acc);
+    acc.lanes(other);
     store(ey, vey);
     Finish f;
     finish_rows(W, other, ey, zy, jb.y + j0, jb.a + j0, jb.grad_scale, jb.cap, jb.loss + j0, f);
@@ -242,11 +322,11 @@ int64_t softmax_positions(const SoftmaxJob& jb) {
     const vf gy = load(f.gy);
     const vi skip = vy == splat_i(kSkip);
     for (int64_t c = 0; c < C; ++c) {
-      const vf e = load(st + c * inner);
+      const vf e = load(packed ? pack + c * W : st + c * inner);
       if (p) store(p + c * inner, e * pinv);
       if (d) {
-        const vf gv = vy == splat_i(static_cast<int32_t>(c)) ? gy : e * sc;
-        store(d + c * inner, skip ? splat(0.0f) : gv);
+        const vf gv = sel(vy == splat_i(static_cast<int32_t>(c)), gy, e * sc);
+        store(d + c * inner, sel(skip, splat(0.0f), gv));
       }
     }
   }
@@ -254,7 +334,7 @@ int64_t softmax_positions(const SoftmaxJob& jb) {
 }
 
 /// log1p(e) for e in [0, 1]: 2 atanh(u), u = e / (2 + e) in [0, 1/3].
-inline vf log1p_unit(vf e) noexcept {
+XK_INLINE vf log1p_unit(vf e) noexcept {
   const vf u = e / (e + 2.0f);
   const vf u2 = u * u;
   vf q = splat(2.0f / 15.0f);
@@ -269,7 +349,7 @@ inline vf log1p_unit(vf e) noexcept {
 
 int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   const int64_t full = jb.n / W * W;
-  vd acc = splat_d(0.0);
+  Acc acc;
   const vf gs = splat(static_cast<float>(jb.grad_scale));
   const bool exact_scale = static_cast<double>(static_cast<float>(jb.grad_scale)) == jb.grad_scale;
   int64_t i = 0;
@@ -278,14 +358,14 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
     if (any(nonfinite(x))) break;
     const vf t = load(jb.t + i);
     const vi pos = x >= splat(0.0f);
-    const vf ax = pos ? x : -x;
+    const vf ax = sel(pos, x, -x);
     const vf e = exp_nonpos(-ax);            // exp(-|x|) in (0, 1]
     const vf q = e / (e + 1.0f);              // sigmoid(-|x|)
-    const vf l = (pos ? x * (1.0f - t) : -x * t) + log1p_unit(e);
-    acc += widen(l);
+    const vf l = sel(pos, x * (1.0f - t), -x * t) + log1p_unit(e);
+    acc.add(l);
     if (jb.loss) store(jb.loss + i, l);
     if (jb.diff) {
-      const vf g = pos ? (1.0f - t) - q : q - t;
+      const vf g = sel(pos, (1.0f - t) - q, q - t);
       if (exact_scale) {
         store(jb.diff + i, g * gs);
       } else {
@@ -293,7 +373,7 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
       }
     }
   }
-  *sum = hsum(acc);
+  *sum = acc.total();
   return i;
 }
 

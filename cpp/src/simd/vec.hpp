@@ -1,135 +1,258 @@
 #pragma once
-// Portable 16-lane vectors (GCC/Clang vector extensions) and the float32 math the fast kernels
-// need. The same source is compiled once per instruction set (baseline, AVX2+FMA, AVX-512), so
-// every operation here must be plain arithmetic, comparisons, selects and bit casts: the
-// compiler maps a 64-byte vector onto one zmm, two ymm or four xmm registers.
+// Portable 16-lane vectors and the float32 math the fast kernels need. The same source is
+// compiled once per instruction set (baseline, AVX2+FMA, AVX-512): a 16-lane vector is held as
+// parts of the target's native width (one zmm, two ymm or four xmm registers), each part a
+// GCC/Clang vector-extension value, so every operation, comparisons and selects included, maps
+// to native instructions (a 64-byte vector-extension comparison would be split into scalars on a
+// target without 64-byte registers).
 //
-// Included inside the namespace of one instruction-set build (see simd/softmax_impl.hpp).
+// Included inside the namespace of one instruction-set build (see simd/kernels_impl.hpp), whose
+// includes it relies on.
 
-// (Its includes are made by kernels_impl.hpp, outside any namespace.)
+#define XK_INLINE inline __attribute__((always_inline))
 
 constexpr int W = 16;  // lanes
+#if defined(__AVX512F__)
+constexpr int kNat = 16;  // float lanes per native register
+#elif defined(__AVX__)
+constexpr int kNat = 8;
+#else
+constexpr int kNat = 4;
+#endif
+constexpr int kParts = W / kNat;
+constexpr int kNatD = kNat / 2;  // double lanes per native register
+constexpr int kPartsD = W / kNatD;
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(128)));
-typedef int64_t vl __attribute__((vector_size(128)));
+typedef float nf __attribute__((vector_size(kNat * 4)));
+typedef int32_t ni __attribute__((vector_size(kNat * 4)));
+typedef double nd __attribute__((vector_size(kNatD * 8)));
+typedef int64_t nl __attribute__((vector_size(kNatD * 8)));
+typedef float nfh __attribute__((vector_size(kNatD * 4)));  // half a native float register
+typedef int32_t nih __attribute__((vector_size(kNatD * 4)));
 
-inline vf load(const float* p) noexcept {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
+struct vf { nf p[kParts]; };  // 16 floats
+struct vi { ni p[kParts]; };  // 16 int32 (also the masks of float comparisons: 0 or -1)
+struct vd { nd p[kPartsD]; }; // 16 doubles
+struct vl { nl p[kPartsD]; }; // masks of double comparisons
+
+// XK_DO(n, statement): the statement for i_ = 0 .. n-1 (n <= 8, a constant), written out in
+// straight-line code so that the parts of a vector stay in registers.
+#define XK_I(k, n, ...) if ((k) < (n)) { constexpr int i_ = (k) < (n) ? (k) : 0; __VA_ARGS__; }
+#define XK_DO(n, ...)                                                                        \
+  do {                                                                                       \
+    XK_I(0, n, __VA_ARGS__) XK_I(1, n, __VA_ARGS__) XK_I(2, n, __VA_ARGS__)                  \
+    XK_I(3, n, __VA_ARGS__) XK_I(4, n, __VA_ARGS__) XK_I(5, n, __VA_ARGS__)                  \
+    XK_I(6, n, __VA_ARGS__) XK_I(7, n, __VA_ARGS__)                                          \
+  } while (0)
+#define XK_BIN(T, R, op, parts)                                                          \
+  XK_INLINE R operator op(T a, T b) noexcept { R r; XK_DO(parts, r.p[i_] = a.p[i_] op b.p[i_]); return r; }
+#define XK_BIN_S(T, S, op, parts)                                                        \
+  XK_INLINE T operator op(T a, S b) noexcept { T r; XK_DO(parts, r.p[i_] = a.p[i_] op b); return r; } \
+  XK_INLINE T operator op(S a, T b) noexcept { T r; XK_DO(parts, r.p[i_] = a op b.p[i_]); return r; }
+#define XK_ARITH(T, S, parts)                                                             \
+  XK_BIN(T, T, +, parts) XK_BIN(T, T, -, parts) XK_BIN(T, T, *, parts) XK_BIN(T, T, /, parts) \
+  XK_BIN_S(T, S, +, parts) XK_BIN_S(T, S, -, parts) XK_BIN_S(T, S, *, parts)             \
+  XK_BIN_S(T, S, /, parts)                                                               \
+  XK_INLINE T operator-(T a) noexcept { T r; XK_DO(parts, r.p[i_] = -a.p[i_]); return r; }    \
+  XK_INLINE T& operator+=(T& a, T b) noexcept { a = a + b; return a; }
+
+XK_ARITH(vf, float, kParts)
+XK_ARITH(vd, double, kPartsD)
+XK_BIN(vf, vi, <, kParts) XK_BIN(vf, vi, >, kParts) XK_BIN(vf, vi, >=, kParts)
+XK_BIN(vf, vi, ==, kParts) XK_BIN(vf, vi, !=, kParts)
+XK_BIN(vd, vl, >, kPartsD)
+XK_BIN(vi, vi, ==, kParts) XK_BIN(vi, vi, >=, kParts) XK_BIN(vi, vi, |, kParts)
+XK_BIN(vi, vi, &, kParts) XK_BIN(vi, vi, +, kParts) XK_BIN(vi, vi, -, kParts)
+XK_BIN_S(vi, int32_t, +, kParts) XK_BIN_S(vi, int32_t, -, kParts) XK_BIN_S(vi, int32_t, &, kParts)
+XK_BIN_S(vi, int32_t, |, kParts)
+XK_INLINE vi& operator|=(vi& a, vi b) noexcept { a = a | b; return a; }
+XK_INLINE vi operator<<(vi a, int s) noexcept { vi r; XK_DO(kParts, r.p[i_] = a.p[i_] << s); return r; }
+XK_INLINE vi operator>>(vi a, int s) noexcept { vi r; XK_DO(kParts, r.p[i_] = a.p[i_] >> s); return r; }
+
+/// m ? a : b lane by lane (m from a comparison).
+XK_INLINE vf sel(vi m, vf a, vf b) noexcept { vf r; XK_DO(kParts, r.p[i_] = m.p[i_] ? a.p[i_] : b.p[i_]); return r; }
+XK_INLINE vi sel(vi m, vi a, vi b) noexcept { vi r; XK_DO(kParts, r.p[i_] = m.p[i_] ? a.p[i_] : b.p[i_]); return r; }
+XK_INLINE vd sel(vl m, vd a, vd b) noexcept { vd r; XK_DO(kPartsD, r.p[i_] = m.p[i_] ? a.p[i_] : b.p[i_]); return r; }
+
+XK_INLINE vi as_int(vf a) noexcept { vi r; XK_DO(kParts, r.p[i_] = (ni)a.p[i_]); return r; }
+XK_INLINE vf as_float(vi a) noexcept { vf r; XK_DO(kParts, r.p[i_] = (nf)a.p[i_]); return r; }
+XK_INLINE vf to_float(vi a) noexcept { vf r; XK_DO(kParts, r.p[i_] = __builtin_convertvector(a.p[i_], nf)); return r; }
+
+XK_INLINE vf splat(float a) noexcept { vf r; XK_DO(kParts, r.p[i_] = nf{} + a); return r; }
+XK_INLINE vd splat_d(double a) noexcept { vd r; XK_DO(kPartsD, r.p[i_] = nd{} + a); return r; }
+XK_INLINE vi splat_i(int32_t a) noexcept { vi r; XK_DO(kParts, r.p[i_] = ni{} + a); return r; }
+
+// Loads and stores part by part: each part moves as one native register (a whole-struct memcpy
+// would go through the stack and defeat store-to-load forwarding).
+template <typename V> XK_INLINE V load_any(const void* p) noexcept { V v; std::memcpy(&v, p, sizeof v); return v; }
+XK_INLINE vf load(const float* p) noexcept {
+  vf r;
+  XK_DO(kParts, std::memcpy(&r.p[i_], p + i_ * kNat, sizeof(nf)));
+  return r;
 }
-inline void store(float* p, vf v) noexcept { std::memcpy(p, &v, sizeof v); }
-inline vi load_i(const int32_t* p) noexcept {
-  vi v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
+XK_INLINE void store(float* p, vf v) noexcept {
+  XK_DO(kParts, std::memcpy(p + i_ * kNat, &v.p[i_], sizeof(nf)));
 }
-inline vd load_d(const double* p) noexcept {
-  vd v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
+XK_INLINE vi load_i(const int32_t* p) noexcept {
+  vi r;
+  XK_DO(kParts, std::memcpy(&r.p[i_], p + i_ * kNat, sizeof(ni)));
+  return r;
 }
-inline void store_d(double* p, vd v) noexcept { std::memcpy(p, &v, sizeof v); }
+XK_INLINE vd load_d(const double* p) noexcept {
+  vd r;
+  XK_DO(kPartsD, std::memcpy(&r.p[i_], p + i_ * kNatD, sizeof(nd)));
+  return r;
+}
+XK_INLINE void store_d(double* p, vd v) noexcept {
+  XK_DO(kPartsD, std::memcpy(p + i_ * kNatD, &v.p[i_], sizeof(nd)));
+}
+
+XK_INLINE float get(vf v, int k) noexcept { return v.p[k / kNat][k % kNat]; }
+
+XK_INLINE vi iota() noexcept {
+  const int32_t a[W] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return load_i(a);
+}
 
 #if defined(__AVX512F__)
 /// The first n lanes of p, the others `fill` (n in [0, W]); nothing past p[n-1] is read.
-inline vf load_part(const float* p, int n, float fill) noexcept {
+XK_INLINE vf load_part(const float* p, int n, float fill) noexcept {
   const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
-  return (vf)_mm512_mask_loadu_ps(_mm512_set1_ps(fill), m, p);
+  const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(fill), m, p);
+  return load_any<vf>(&v);
 }
-inline void store_part(float* p, vf v, int n) noexcept {
-  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), (__m512)v);
+XK_INLINE void store_part(float* p, vf v, int n) noexcept {
+  __m512 r;
+  std::memcpy(&r, &v, sizeof r);
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), r);
 }
 #elif defined(__AVX2__)
-inline vf load_part(const float* p, int n, float fill) noexcept {
+XK_INLINE vf load_part(const float* p, int n, float fill) noexcept {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
   const __m256i hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), idx);
   const __m256 f = _mm256_set1_ps(fill);
-  const __m256 a = _mm256_blendv_ps(f, _mm256_maskload_ps(p, lo), _mm256_castsi256_ps(lo));
-  const __m256 b = _mm256_blendv_ps(f, _mm256_maskload_ps(p + 8, hi), _mm256_castsi256_ps(hi));
-  vf v;
-  std::memcpy(&v, &a, 32);
-  std::memcpy(reinterpret_cast<char*>(&v) + 32, &b, 32);
-  return v;
+  __m256 h[2];
+  h[0] = _mm256_blendv_ps(f, _mm256_maskload_ps(p, lo), _mm256_castsi256_ps(lo));
+  h[1] = _mm256_blendv_ps(f, _mm256_maskload_ps(p + 8, hi), _mm256_castsi256_ps(hi));
+  return load_any<vf>(h);
 }
-inline void store_part(float* p, vf v, int n) noexcept {
+XK_INLINE void store_part(float* p, vf v, int n) noexcept {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256 a, b;
-  std::memcpy(&a, &v, 32);
-  std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
-  _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx), a);
-  _mm256_maskstore_ps(p + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), idx), b);
+  __m256 h[2];
+  std::memcpy(h, &v, sizeof h);
+  _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx), h[0]);
+  _mm256_maskstore_ps(p + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), idx), h[1]);
 }
 #else
-inline vf load_part(const float* p, int n, float fill) noexcept {
+XK_INLINE vf load_part(const float* p, int n, float fill) noexcept {
   float buf[W];
   for (int k = 0; k < W; ++k) buf[k] = k < n ? p[k] : fill;
-  vf v;
-  std::memcpy(&v, buf, sizeof v);
-  return v;
+  return load(buf);
 }
-inline void store_part(float* p, vf v, int n) noexcept {
+XK_INLINE void store_part(float* p, vf v, int n) noexcept {
   float buf[W];
-  std::memcpy(buf, &v, sizeof buf);
+  store(buf, v);
   for (int k = 0; k < n; ++k) p[k] = buf[k];
 }
 #endif
 
-inline vf splat(float a) noexcept { return vf{} + a; }
-inline vd splat_d(double a) noexcept { return vd{} + a; }
-inline vi splat_i(int32_t a) noexcept { return vi{} + a; }
-inline vi iota() noexcept { return vi{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
+// The low and high halves of a native float register, widened to doubles.
+#if defined(__AVX512F__)
+#define XK_LO 0, 1, 2, 3, 4, 5, 6, 7
+#define XK_HI 8, 9, 10, 11, 12, 13, 14, 15
+#elif defined(__AVX__)
+#define XK_LO 0, 1, 2, 3
+#define XK_HI 4, 5, 6, 7
+#else
+#define XK_LO 0, 1
+#define XK_HI 2, 3
+#endif
+XK_INLINE nd widen_lo(nf v) noexcept {
+  return __builtin_convertvector(__builtin_shufflevector(v, v, XK_LO), nd);
+}
+XK_INLINE nd widen_hi(nf v) noexcept {
+  return __builtin_convertvector(__builtin_shufflevector(v, v, XK_HI), nd);
+}
+#undef XK_LO
+#undef XK_HI
+
+XK_INLINE vd widen(vf v) noexcept {
+  vd r;
+  XK_DO(kParts, r.p[2 * i_] = widen_lo(v.p[i_]); r.p[2 * i_ + 1] = widen_hi(v.p[i_]));
+  return r;
+}
+
+XK_INLINE vf narrow(vd v) noexcept {
+  float buf[W];
+  XK_DO(kPartsD, const nfh h = __builtin_convertvector(v.p[i_], nfh);
+                 std::memcpy(buf + i_ * kNatD, &h, sizeof h));
+  return load(buf);
+}
 
 /// A float-lane mask as a mask of double lanes.
-inline vl wide_mask(vi m) noexcept { return __builtin_convertvector(m, vl); }
-inline vd widen(vf v) noexcept { return __builtin_convertvector(v, vd); }
-inline vf narrow(vd v) noexcept { return __builtin_convertvector(v, vf); }
+XK_INLINE vl wide_mask(vi m) noexcept {
+  int32_t buf[W];
+  std::memcpy(buf, &m, sizeof buf);
+  vl r;
+  XK_DO(kPartsD, nih h; std::memcpy(&h, buf + i_ * kNatD, sizeof h);
+                 r.p[i_] = __builtin_convertvector(h, nl));
+  return r;
+}
 
 /// Lane-wise max that keeps `m` where v is NaN or not larger (the `v > m` rule of the scalar
 /// kernels: a NaN never becomes the max).
-inline vf max_keep(vf m, vf v) noexcept { return v > m ? v : m; }
-
-// Horizontal reductions as fixed trees (the same order on every call).
-#define XK_HALF(v) __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
-#define XK_QUARTER(v) __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)
-#define XK_PAIR(v) __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)
-#define XK_ONE(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
+XK_INLINE vf max_keep(vf m, vf v) noexcept { return sel(v > m, v, m); }
 
 /// True when any lane of the mask is set.
-inline bool any(vi mask) noexcept {
-  mask |= XK_HALF(mask);
-  mask |= XK_QUARTER(mask);
-  mask |= XK_PAIR(mask);
-  mask |= XK_ONE(mask);
-  return mask[0] != 0;
-}
-
-/// Sum of the lanes.
-inline double hsum(vd v) noexcept {
-  v += XK_HALF(v);
-  v += XK_QUARTER(v);
-  v += XK_PAIR(v);
-  v += XK_ONE(v);
-  return v[0];
+XK_INLINE bool any(vi mask) noexcept {
+  ni acc = mask.p[0];
+  for (int i = 1; i < kParts; ++i) acc |= mask.p[i];
+  int32_t buf[kNat];
+  std::memcpy(buf, &acc, sizeof buf);
+  int32_t r = 0;
+  for (int k = 0; k < kNat; ++k) r |= buf[k];
+  return r != 0;
 }
 
 /// Max of the lanes (NaN-free input).
-inline float hmax(vf v) noexcept {
-  v = max_keep(v, XK_HALF(v));
-  v = max_keep(v, XK_QUARTER(v));
-  v = max_keep(v, XK_PAIR(v));
-  v = max_keep(v, XK_ONE(v));
-  return v[0];
+XK_INLINE float hmax(vf v) noexcept {
+  nf acc = v.p[0];
+  for (int i = 1; i < kParts; ++i) acc = v.p[i] > acc ? v.p[i] : acc;
+  float buf[kNat];
+  std::memcpy(buf, &acc, sizeof buf);
+  float m = buf[0];
+  for (int k = 1; k < kNat; ++k) m = buf[k] > m ? buf[k] : m;
+  return m;
 }
+
+/// A running double sum of float vectors, lane by lane, in native double registers.
+struct Acc {
+  nd p[kPartsD] = {};
+  XK_INLINE void add(vf v) noexcept {
+    XK_DO(kParts, p[2 * i_] += widen_lo(v.p[i_]); p[2 * i_ + 1] += widen_hi(v.p[i_]));
+  }
+  /// The 16 lanes (lane k holds the sum of lane k of every added vector).
+  void lanes(double* out) const noexcept {
+    XK_DO(kPartsD, std::memcpy(out + i_ * kNatD, &p[i_], sizeof(nd)));
+  }
+  /// The sum of all lanes, in a fixed order.
+  double total() const noexcept {
+    nd s = p[0];
+    for (int i = 1; i < kPartsD; ++i) s += p[i];
+    double buf[kNatD];
+    std::memcpy(buf, &s, sizeof buf);
+    double t = 0.0;
+    for (int k = 0; k < kNatD; ++k) t += buf[k];
+    return t;
+  }
+};
 
 /// exp(z) for z <= 0 (or NaN) in float32, within 2 ulp of the correctly rounded value for
 /// normal results; exp(0) is exactly 1, results below FLT_MIN's range (z < -87.33655) are 0, and
 /// NaN stays NaN. Cody-Waite reduction z = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial.
-inline vf exp_nonpos(vf z) noexcept {
-  const vf shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+XK_INLINE vf exp_nonpos(vf z) noexcept {
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const vf t = z * 1.44269504088896341f + shifter;
   const vf n = t - shifter;
   vf r = z - n * 0.693359375f;
@@ -142,20 +265,20 @@ inline vf exp_nonpos(vf z) noexcept {
   p = p * r + 5.0000001201e-1f;
   const vf y = p * (r * r) + r + 1.0f;
   // 2^n from the integer sitting in the low mantissa bits of t (no float->int conversion).
-  const vi bits = ((vi)t - (vi)shifter + 127) << 23;
-  const vf res = y * (vf)bits;
-  return z < splat(-87.33654f) ? splat(0.0f) : res;
+  const vi bits = ((as_int(t) - as_int(splat(shifter))) + 127) << 23;
+  const vf res = y * as_float(bits);
+  return sel(z < splat(-87.33654f), splat(0.0f), res);
 }
 
 /// log(u) for finite u >= 1 in float32 (within 2 ulp): u = 2^k f with f in [sqrt(1/2), sqrt(2)),
 /// log f = 2 atanh(s), s = (f - 1) / (f + 1), |s| <= 0.1716.
-inline vf log_ge1(vf u) noexcept {
-  vi bits = (vi)u;
+XK_INLINE vf log_ge1(vf u) noexcept {
+  const vi bits = as_int(u);
   vi k = ((bits >> 23) & 0xff) - 127;
-  vf f = (vf)((bits & 0x007fffff) | 0x3f800000);  // [1, 2)
+  vf f = as_float((bits & 0x007fffff) | 0x3f800000);  // [1, 2)
   const vi big = f > splat(1.41421356f);
-  f = big ? f * 0.5f : f;
-  k = big ? k + 1 : k;
+  f = sel(big, f * 0.5f, f);
+  k = sel(big, k + 1, k);
   const vf s = (f - 1.0f) / (f + 1.0f);
   const vf s2 = s * s;
   vf q = splat(2.0f / 11.0f);
@@ -164,15 +287,19 @@ inline vf log_ge1(vf u) noexcept {
   q = q * s2 + 2.0f / 5.0f;
   q = q * s2 + 2.0f / 3.0f;
   const vf logf_ = s * 2.0f + s * s2 * q;
-  const vf kf = __builtin_convertvector(k, vf);
+  const vf kf = to_float(k);
   return kf * 0.693359375f + (kf * -2.12194440e-4f + logf_);
 }
 
 /// log1p(r) for finite r >= 0 in float32, keeping the relative precision of small r:
 /// log1p(r) = log(u) * r / (u - 1) with u = 1 + r rounded (r itself when u rounds to 1).
-inline vf log1p_nonneg(vf r) noexcept {
+XK_INLINE vf log1p_nonneg(vf r) noexcept {
   const vf u = r + 1.0f;
   const vf d = u - 1.0f;
   const vf l = log_ge1(u);
-  return d == splat(0.0f) ? r : l * (r / d);
+  return sel(d == splat(0.0f), r, l * (r / sel(d == splat(0.0f), splat(1.0f), d)));
 }
+
+#undef XK_ARITH
+#undef XK_BIN_S
+#undef XK_BIN

@@ -53,32 +53,43 @@ XK_INLINE void finish_rows(int n, const double* other, const float* ey, const fl
   double o_buf[W], a_buf[W];
   float ey_buf[W];
   int32_t y_buf[W];
-  for (int k = 0; k < W; ++k) {
-    const bool in = k < n;
-    o_buf[k] = in ? other[k] : 1.0;
-    ey_buf[k] = in ? ey[k] : 1.0f;
-    y_buf[k] = in ? y[k] : kSkip;
-    a_buf[k] = in ? a[k] : 0.0;
+  if (n < W) {  // pad the group: the missing lanes are skipped positions
+    for (int k = 0; k < W; ++k) {
+      const bool in = k < n;
+      o_buf[k] = in ? other[k] : 1.0;
+      ey_buf[k] = in ? ey[k] : 1.0f;
+      y_buf[k] = in ? y[k] : kSkip;
+      a_buf[k] = in ? a[k] : 0.0;
+    }
+    other = o_buf;
+    ey = ey_buf;
+    y = y_buf;
+    a = a_buf;
   }
-  const vd vo = load_d(o_buf);
-  const vf vey = load(ey_buf);
-  const vi vy = load_i(y_buf);
+  const vd vo = load_d(other);
+  const vf vey = load(ey);
+  const vi vy = load_i(y);
   const vi labelled = vy >= splat_i(0);
   const vl labelled_d = wide_mask(labelled);
   const vd sum = vo + sel(labelled_d, widen(vey), splat_d(0.0));
   const vd inv = 1.0 / sum;
-  const vd coef = load_d(a_buf) * grad_scale;
+  const vd va = load_d(a);
+  const vd coef = va * grad_scale;
   // -log p[y] = log1p(other / e[y]) in float; exact enough when e[y] is not tiny (the ratio
   // stays below 2^127); tiny e[y] lanes are redone below in double.
-  const vf ratio = narrow(vo / widen(sel(vey > splat(0x1p-100f), vey, splat(1.0f))));
+  const vi usable = vey > splat(0x1p-100f);
+  const vf ratio = narrow(vo) / sel(usable, vey, splat(1.0f));
   const vd nll = widen(log1p_nonneg(ratio));
-  const vd lv = sel(labelled_d, sel(nll > splat_d(cap), splat_d(cap), nll) * load_d(a_buf),
-                    splat_d(0.0));
+  const vd lv = sel(labelled_d, sel(nll > splat_d(cap), splat_d(cap), nll) * va, splat_d(0.0));
   double lbuf[W];
   store_d(lbuf, lv);
   store(f.pinv, narrow(inv));
   store(f.scale, sel(labelled, narrow(inv * coef), splat(0.0f)));
   store(f.gy, sel(labelled, narrow(-(vo * inv) * coef), splat(0.0f)));
+  if (!any(labelled & (usable == splat_i(0)))) {
+    for (int k = 0; k < n; ++k) loss[k] = lbuf[k];
+    return;
+  }
   for (int k = 0; k < n; ++k) {
     if (y[k] >= 0 && !(ey[k] > 0x1p-100f)) {
       // e[y] tiny or 0: the label sits far below the max, other >= 1 holds the max's e = 1.
@@ -282,7 +293,11 @@ int64_t softmax_positions(const SoftmaxJob& jb) {
     vf vm = load(x);
     vi bad = (vm != vm);
     if (packed) store(pack, vm);
+    const bool ahead = g + 1 < jb.count;
+    if (ahead) __builtin_prefetch(x + W);
     for (int64_t c = 1; c < C; ++c) {
+      // The next group's line of this class row, so that the C streams keep a line in flight.
+      if (ahead) __builtin_prefetch(x + c * inner + W);
       const vf v = load(x + c * inner);
       if (packed) store(pack + c * W, v);
       bad |= (v != v);

@@ -168,12 +168,30 @@ XK_INLINE void store_part(float* p, vf v, int n) noexcept {
 #define XK_LO 0, 1
 #define XK_HI 2, 3
 #endif
+#if defined(__AVX512F__)
+XK_INLINE nd widen_lo(nf v) noexcept {
+  const __m512d r = _mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v));
+  return (nd)r;
+}
+XK_INLINE nd widen_hi(nf v) noexcept {
+  const __m512d r = _mm512_cvtps_pd(_mm512_extractf32x8_ps((__m512)v, 1));
+  return (nd)r;
+}
+#elif defined(__AVX__)
+XK_INLINE nd widen_lo(nf v) noexcept {
+  return (nd)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)v));
+}
+XK_INLINE nd widen_hi(nf v) noexcept {
+  return (nd)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)v, 1));
+}
+#else
 XK_INLINE nd widen_lo(nf v) noexcept {
   return __builtin_convertvector(__builtin_shufflevector(v, v, XK_LO), nd);
 }
 XK_INLINE nd widen_hi(nf v) noexcept {
   return __builtin_convertvector(__builtin_shufflevector(v, v, XK_HI), nd);
 }
+#endif
 #undef XK_LO
 #undef XK_HI
 

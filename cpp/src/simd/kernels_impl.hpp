@@ -278,72 +278,107 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
   return jb.channels <= W ? softmax_rows_narrow(jb) : softmax_rows_wide(jb);
 }
 
-int64_t softmax_positions(const SoftmaxJob& jb) {
+/// G consecutive groups of W positions starting at group g0. When `packed`, sweep A copies the
+/// logits into pack as a (C, G*W) block, so sweeps B and C read contiguous lines instead of C
+/// lines `inner` floats apart (for strides near a multiple of 4 KiB those share one L1 set and
+/// evict each other); several groups at once make each visit to a class row G lines long.
+/// Returns false, having written nothing, when a logit is NaN or infinite.
+template <int G>
+bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed) {
   const int64_t C = jb.channels, inner = jb.inner;
-  // Up to kPack classes, sweep A packs the group's logits into a local (C, 16) block, so sweeps B
-  // and C read contiguous lines instead of C lines `inner` floats apart (which, for strides near
-  // a multiple of 4 KiB, share one L1 set and evict each other).
-  constexpr int64_t kPack = 256;
-  alignas(64) float pack[kPack * W];
-  const bool packed = C <= kPack;
-  for (int64_t g = 0; g < jb.count; ++g) {
-    const int64_t j0 = g * W;
-    const float* x = jb.x + j0;
-    const vi vy = load_i(jb.y + j0);
-    vf vm = load(x);
-    vi bad = (vm != vm);
-    if (packed) store(pack, vm);
-    const bool ahead = g + 1 < jb.count;
-    if (ahead) __builtin_prefetch(x + W);
-    for (int64_t c = 1; c < C; ++c) {
-      // The next group's line of this class row, so that the C streams keep a line in flight.
-      if (ahead) __builtin_prefetch(x + c * inner + W);
-      const vf v = load(x + c * inner);
-      if (packed) store(pack + c * W, v);
+  constexpr int S = G * W;
+  const int64_t j0 = g0 * W;
+  const float* x = jb.x + j0;
+  vf vm[G];
+  vi bad = splat_i(0);
+  for (int q = 0; q < G; ++q) {
+    vm[q] = load(x + q * W);
+    bad |= (vm[q] != vm[q]);
+    if (packed) store(pack + q * W, vm[q]);
+  }
+  for (int64_t c = 1; c < C; ++c) {
+    for (int q = 0; q < G; ++q) {
+      const vf v = load(x + c * inner + q * W);
+      if (packed) store(pack + c * S + q * W, v);
       bad |= (v != v);
-      vm = max_keep(vm, v);
+      vm[q] = max_keep(vm[q], v);
     }
-    if (any(bad | nonfinite(vm))) return g;
-    float zy[W];
-    for (int k = 0; k < W; ++k) {
-      const int32_t y = jb.y[j0 + k];
-      zy[k] = y >= 0 ? x[y * inner + k] - get(vm, k) : 0.0f;
-    }
-    float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
-    Acc acc;
-    vf vey = splat(0.0f);
-    for (int64_t c = 0; c < C; ++c) {
-      const vf e = exp_nonpos(load(packed ? pack + c * W : x + c * inner) - vm);
+  }
+  for (int q = 0; q < G; ++q) bad |= nonfinite(vm[q]);
+  if (any(bad)) return false;
+  float zy[S];
+  for (int k = 0; k < S; ++k) {
+    const int32_t y = jb.y[j0 + k];
+    zy[k] = y >= 0 ? x[y * inner + k] - get(vm[k / W], k % W) : 0.0f;
+  }
+  float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
+  Acc acc[G];
+  vf vey[G];
+  vi vy[G];
+  for (int q = 0; q < G; ++q) {
+    vey[q] = splat(0.0f);
+    vy[q] = load_i(jb.y + j0 + q * W);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const vi vc = splat_i(static_cast<int32_t>(c));
+    for (int q = 0; q < G; ++q) {
+      const vf e = exp_nonpos(load(packed ? pack + c * S + q * W : x + c * inner + q * W) - vm[q]);
       if (packed) {
-        store(pack + c * W, e);
+        store(pack + c * S + q * W, e);
       } else if (st) {
-        store(st + c * inner, e);
+        store(st + c * inner + q * W, e);
       }
-      const vi at = vy == splat_i(static_cast<int32_t>(c));
-      vey = sel(at, e, vey);
-      acc.add(sel(at, splat(0.0f), e));
+      const vi at = vy[q] == vc;
+      vey[q] = sel(at, e, vey[q]);
+      acc[q].add(sel(at, splat(0.0f), e));
     }
+  }
+  Finish f[G];
+  for (int q = 0; q < G; ++q) {
     double other[W];
     float ey[W];
-    acc.lanes(other);
-    store(ey, vey);
-    Finish f;
-    finish_rows(W, other, ey, zy, jb.y + j0, jb.a + j0, jb.grad_scale, jb.cap, jb.loss + j0, f);
-    if (!st) continue;
-    float* d = jb.diff ? jb.diff + j0 : nullptr;
-    float* p = jb.prob ? jb.prob + j0 : nullptr;
-    const vf pinv = load(f.pinv);
-    const vf sc = load(f.scale);
-    const vf gy = load(f.gy);
-    const vi skip = vy == splat_i(kSkip);
-    for (int64_t c = 0; c < C; ++c) {
-      const vf e = load(packed ? pack + c * W : st + c * inner);
-      if (p) store(p + c * inner, e * pinv);
+    acc[q].lanes(other);
+    store(ey, vey[q]);
+    finish_rows(W, other, ey, zy + q * W, jb.y + j0 + q * W, jb.a + j0 + q * W, jb.grad_scale,
+                jb.cap, jb.loss + j0 + q * W, f[q]);
+  }
+  if (!st) return true;
+  float* d = jb.diff ? jb.diff + j0 : nullptr;
+  float* p = jb.prob ? jb.prob + j0 : nullptr;
+  vf pinv[G], sc[G], gy[G];
+  vi skip[G];
+  for (int q = 0; q < G; ++q) {
+    pinv[q] = load(f[q].pinv);
+    sc[q] = load(f[q].scale);
+    gy[q] = load(f[q].gy);
+    skip[q] = vy[q] == splat_i(kSkip);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const vi vc = splat_i(static_cast<int32_t>(c));
+    for (int q = 0; q < G; ++q) {
+      const vf e = load(packed ? pack + c * S + q * W : st + c * inner + q * W);
+      if (p) store(p + c * inner + q * W, e * pinv[q]);
       if (d) {
-        const vf gv = sel(vy == splat_i(static_cast<int32_t>(c)), gy, e * sc);
-        store(d + c * inner, sel(skip, splat(0.0f), gv));
+        const vf gv = sel(vy[q] == vc, gy[q], e * sc[q]);
+        store(d + c * inner + q * W, sel(skip[q], splat(0.0f), gv));
       }
     }
+  }
+  return true;
+}
+
+int64_t softmax_positions(const SoftmaxJob& jb) {
+  constexpr int64_t kPackFloats = 4096;  // 16 KiB on the stack
+  alignas(64) float pack[kPackFloats];
+  const int64_t C = jb.channels;
+  int64_t g = 0;
+  while (g < jb.count) {
+    if (g + 4 <= jb.count && C * 4 * W <= kPackFloats && position_groups<4>(jb, g, pack, true)) {
+      g += 4;
+      continue;
+    }
+    if (!position_groups<1>(jb, g, pack, C * W <= kPackFloats)) return g;
+    ++g;
   }
   return jb.count;
 }

@@ -383,18 +383,20 @@ int64_t softmax_positions(const SoftmaxJob& jb) {
   return jb.count;
 }
 
-/// log1p(e) for e in [0, 1]: 2 atanh(u), u = e / (2 + e) in [0, 1/3].
+/// log1p(e) for e in [0, 1]: e q(e), q a degree-9 polynomial fitted to log1p(e) / e on [0, 1]
+/// (within 1.9e-7 relative in float32, no division).
 XK_INLINE vf log1p_unit(vf e) noexcept {
-  const vf u = e / (e + 2.0f);
-  const vf u2 = u * u;
-  vf q = splat(2.0f / 15.0f);
-  q = q * u2 + 2.0f / 13.0f;
-  q = q * u2 + 2.0f / 11.0f;
-  q = q * u2 + 2.0f / 9.0f;
-  q = q * u2 + 2.0f / 7.0f;
-  q = q * u2 + 2.0f / 5.0f;
-  q = q * u2 + 2.0f / 3.0f;
-  return u * 2.0f + u * u2 * q;
+  vf q = splat(-0.0032140363473445177f);
+  q = q * e + 0.019649166613817215f;
+  q = q * e + -0.056435029953718185f;
+  q = q * e + 0.10533228516578674f;
+  q = q * e + -0.1525145173072815f;
+  q = q * e + 0.19651491940021515f;
+  q = q * e + -0.24947808682918549f;
+  q = q * e + 0.3332909941673279f;
+  q = q * e + -0.4999985098838806f;
+  q = q * e + 1.0f;
+  return e * q;
 }
 
 int64_t sigmoid(const SigmoidJob& jb, double* sum) {

@@ -69,9 +69,21 @@ def _row(case, elements, times, xk="xk", base="torch"):
 
 
 def run(repeat=7, threads=1, quick=False, seed=0):
+    """(info, rows) of the main table; the thread counts are put back afterwards."""
     import xentkit
 
     torch = _torch()
+    before = xentkit.get_num_threads()
+    torch_before = None if torch is None else torch.get_num_threads()
+    try:
+        return _run(xentkit, torch, repeat, threads, quick, seed)
+    finally:
+        xentkit.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
+
+
+def _run(xentkit, torch, repeat, threads, quick, seed):
     xentkit.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)

@@ -1,0 +1,50 @@
+"""The benchmark command runs end to end and reports what it promises (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import xentkit
+from xentkit import _bench
+from xentkit.__main__ import main
+
+
+def test_bench_quick_json(capsys, restore_threads):
+    before = xentkit.get_num_threads()
+    assert main(["bench", "--quick", "--repeat", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["info"]["simd"] == xentkit.simd_level()
+    assert out["info"]["threads"] == 1 and out["info"]["repeat"] == 1
+    cases = [r["case"] for r in out["rows"]]
+    assert any(c.startswith("softmax loss+grad") for c in cases)
+    assert any(c.startswith("softmax loss only") for c in cases)
+    assert any(c.startswith("sigmoid loss+grad") for c in cases)
+    assert any(c.startswith("float16") for c in cases)
+    assert any(c.startswith("tiny call") for c in cases)
+    for row in out["rows"]:
+        for key, value in row.items():
+            if key.endswith("_ns") or key.endswith("_us") or "/" in key:
+                assert isinstance(value, float) and value > 0 and math.isfinite(value), (row, key)
+    assert out["threads"] and all(r["bit-identical"] for r in out["threads"])
+    assert xentkit.get_num_threads() == before  # the thread table puts the count back
+
+
+def test_bench_table_and_errors(capsys):
+    assert main(["bench", "--quick", "--repeat", "1", "--no-thread-scaling"]) == 0
+    text = capsys.readouterr().out
+    assert "| case" in text and "softmax loss+grad 256x1000" in text and "tiny call" in text
+    assert "one thread against two" not in text
+    try:
+        main(["bench", "--repeat", "0"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("--repeat 0 was accepted")
+
+
+def test_format_table_aligns_columns():
+    rows = [{"case": "a", "x_ns": 1.23456, "ok": True}, {"case": "longer case", "x_ns": 123.0}]
+    lines = _bench.format_table(rows, ["x_ns", "ok"]).splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert "1.23" in lines[2] and "123" in lines[3] and "yes" in lines[2] and "-" in lines[3]

@@ -271,3 +271,29 @@ def test_float32_loss_over_1e8_elements():
         lse = m[:, 0] + np.log(np.exp(xs - m).sum(axis=1))
         want += float(np.sum(lse - xs[np.arange(len(xs)), t[s:s + 5_000]]))
     assert abs(total - want) <= 1e-6 * abs(want)
+
+
+def _child_call(x, t, want, queue):
+    loss, grad = xentkit.cross_entropy(x, t, grad=True)
+    queue.put(bool(loss == want[0] and grad.tobytes() == want[1]))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_uses_a_fresh_pool(restore_threads):
+    import multiprocessing as mp
+
+    xentkit.set_num_threads(2)
+    rng = np.random.default_rng(31)
+    x = rng.normal(size=(1024, 1000)).astype(np.float32)  # past the parallel threshold
+    t = rng.integers(0, 1000, size=1024)
+    loss, grad = xentkit.cross_entropy(x, t, grad=True)  # the parent's workers now exist
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_call, args=(x, t, (loss, grad.tobytes()), queue))
+    child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung on the parent's pool"
+    assert child.exitcode == 0 and queue.get(timeout=5) is True

@@ -130,8 +130,8 @@ template <typename T>
 ElementSums elementwise_xent(const ElementProblem<T>& pb) {
   const int64_t n = pb.n;
   const int64_t n_blocks = (n + kElementBlock - 1) / kElementBlock;
-  std::vector<double> loss_part(static_cast<size_t>(n_blocks), 0.0);
-  std::vector<int64_t> count_part(static_cast<size_t>(n_blocks), 0);
+  Partials<double> loss_part(n_blocks);
+  Partials<int64_t> count_part(n_blocks);
   const fast::Kernels* vec = nullptr;
   if constexpr (std::is_same_v<T, float>) {
     if (pb.op == ElementOp::logits && !pb.weight.data && !pb.pos_weight.data && !pb.has_ignore) {
@@ -166,18 +166,18 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
         element_range(lp, vec, 0, len, acc, valid);
         if (h.diff) to_half(xs, reinterpret_cast<half*>(h.diff + begin), len);
         if (h.loss) to_half(ls, reinterpret_cast<half*>(h.loss + begin), len);
-        loss_part[static_cast<size_t>(b)] = acc;
-        count_part[static_cast<size_t>(b)] = valid;
+        loss_part[b] = acc;
+        count_part[b] = valid;
         return;
       }
     }
     element_range(pb, vec, begin, end, acc, valid);
-    loss_part[static_cast<size_t>(b)] = acc;
-    count_part[static_cast<size_t>(b)] = valid;
+    loss_part[b] = acc;
+    count_part[b] = valid;
   });
   ElementSums sums;
-  sums.loss = ordered_sum(loss_part);
-  for (int64_t c : count_part) sums.valid += c;
+  sums.loss = loss_part.ordered_sum();
+  sums.valid = count_part.ordered_sum();
   return sums;
 }
 

@@ -504,7 +504,7 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   const int64_t per_task = std::max<int64_t>(1, pb.channels * w_max);
   const int64_t tasks_per_block = std::max<int64_t>(1, kBlockElements / per_task);
   const int64_t n_blocks = (tasks + tasks_per_block - 1) / tasks_per_block;
-  std::vector<double> part(static_cast<size_t>(n_blocks), 0.0);
+  Partials<double> part(n_blocks);
   const int64_t work = pb.outer * std::max<int64_t>(1, pb.channels) * pb.inner;
   const fast::Kernels* vec = nullptr;
   if constexpr (std::is_same_v<T, float>) {
@@ -515,14 +515,14 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
     const int64_t t1 = std::min(tasks, (b + 1) * tasks_per_block);
     if constexpr (std::is_same_v<T, float>) {
       if (pb.half) {
-        part[static_cast<size_t>(b)] =
+        part[b] =
             half_tasks(pb, sh, vec, log_sum, t0, t1, w_max, tiles_per_outer);
         return;
       }
     }
-    part[static_cast<size_t>(b)] = plain_tasks(pb, sh, vec, log_sum, t0, t1, w_max, tiles_per_outer);
+    part[b] = plain_tasks(pb, sh, vec, log_sum, t0, t1, w_max, tiles_per_outer);
   });
-  return ordered_sum(part);
+  return part.ordered_sum();
 }
 
 template <typename L>

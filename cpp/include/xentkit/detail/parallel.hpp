@@ -41,11 +41,32 @@ void parallel_blocks(int64_t n_blocks, int threads, const Fn& fn) {
              [](const void* ctx, int64_t b) { (*static_cast<const Fn*>(ctx))(b); }, &fn);
 }
 
-/// Sums per-block partials in block order.
-inline double ordered_sum(const std::vector<double>& partials) {
-  double s = 0.0;
-  for (double p : partials) s += p;
-  return s;
-}
+/// One slot per block for partial results: on the stack up to kInline blocks (no allocation for
+/// inputs up to a few million elements), on the heap beyond.
+template <typename T>
+class Partials {
+ public:
+  static constexpr int64_t kInline = 256;
+  explicit Partials(int64_t n) : n_(n) {
+    if (n > kInline) heap_.assign(static_cast<size_t>(n), T(0));
+    data_ = n > kInline ? heap_.data() : inline_;
+    for (int64_t i = 0; i < (n > kInline ? 0 : n); ++i) inline_[i] = T(0);
+  }
+  Partials(const Partials&) = delete;
+  Partials& operator=(const Partials&) = delete;
+  T& operator[](int64_t b) noexcept { return data_[b]; }
+  /// The sum of the slots in block order.
+  T ordered_sum() const noexcept {
+    T s = T(0);
+    for (int64_t i = 0; i < n_; ++i) s += data_[i];
+    return s;
+  }
+
+ private:
+  int64_t n_;
+  T inline_[kInline];
+  std::vector<T> heap_;
+  T* data_;
+};
 
 }  // namespace xentkit::detail

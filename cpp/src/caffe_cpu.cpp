@@ -50,16 +50,7 @@ T sigmoid_layer(const S* scores, const S* targets, int64_t outer, int64_t count,
   double norm = detail::normalizer(options.normalization, outer, inner, valid);
   detail::ElementProblem<T> pb;
   detail::HalfElementIO io;
-  if constexpr (std::is_same_v<S, T>) {
-    pb.x = scores;
-    pb.t = targets;
-    pb.diff = diff;
-  } else {
-    io.x = detail::half_bits(scores);
-    io.t = detail::half_bits(targets);
-    io.diff = detail::half_bits(diff);
-    pb.half = &io;
-  }
+  detail::bind(pb, io, scores, targets, diff, static_cast<S*>(nullptr));
   pb.n = count;
   pb.has_ignore = has_ignore;
   pb.ignore = ignore;
@@ -91,16 +82,7 @@ T softmax_layer(const S* scores, const L* labels, int64_t outer, int64_t channel
 
   detail::SoftmaxProblem<T, L> pb;
   detail::HalfSoftmaxIO io;
-  if constexpr (std::is_same_v<S, T>) {
-    pb.x = scores;
-    pb.diff = diff;
-    pb.prob = prob;
-  } else {
-    io.x = detail::half_bits(scores);
-    io.diff = detail::half_bits(diff);
-    io.prob = detail::half_bits(prob);
-    pb.half = &io;
-  }
+  detail::bind(pb, io, scores, diff, prob, static_cast<S*>(nullptr));
   pb.labels = labels;
   pb.outer = outer;
   pb.channels = channels;

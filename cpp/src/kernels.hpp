@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 #include "xentkit/options.hpp"
 
@@ -138,6 +139,43 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb);
 /// Elements whose target truncated toward zero differs from `ignore`.
 template <typename T>
 int64_t count_not_ignored(const T* t, int64_t n, int64_t ignore);
+
+// ---- storage -----------------------------------------------------------------------------
+
+/// Points a softmax problem at its data: its float pointers when S is T, else float16 storage
+/// through io (which must outlive the call).
+template <typename T, typename L, typename S>
+void bind(SoftmaxProblem<T, L>& pb, HalfSoftmaxIO& io, const S* x, S* diff, S* prob, S* loss) {
+  if constexpr (std::is_same_v<S, T>) {
+    pb.x = x;
+    pb.diff = diff;
+    pb.prob = prob;
+    pb.loss = loss;
+  } else {
+    io.x = half_bits(x);
+    io.diff = half_bits(diff);
+    io.prob = half_bits(prob);
+    io.loss = half_bits(loss);
+    pb.half = &io;
+  }
+}
+
+/// The same for an elementwise problem.
+template <typename T, typename S>
+void bind(ElementProblem<T>& pb, HalfElementIO& io, const S* x, const S* t, S* diff, S* loss) {
+  if constexpr (std::is_same_v<S, T>) {
+    pb.x = x;
+    pb.t = t;
+    pb.diff = diff;
+    pb.loss = loss;
+  } else {
+    io.x = half_bits(x);
+    io.t = half_bits(t);
+    io.diff = half_bits(diff);
+    io.loss = half_bits(loss);
+    pb.half = &io;
+  }
+}
 int64_t count_not_ignored_half(const uint16_t* t, int64_t n, int64_t ignore);
 
 }  // namespace xentkit::detail

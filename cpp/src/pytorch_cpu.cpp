@@ -87,16 +87,7 @@ T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_
   detail::SoftmaxProblem<T, L> pb;
   detail::HalfSoftmaxIO io;
   pb.op = op;
-  if constexpr (std::is_same_v<S, T>) {
-    pb.x = input;
-    pb.diff = grad;
-    pb.loss = loss;
-  } else {
-    io.x = detail::half_bits(input);
-    io.diff = detail::half_bits(grad);
-    io.loss = detail::half_bits(loss);
-    pb.half = &io;
-  }
+  detail::bind(pb, io, input, grad, static_cast<S*>(nullptr), loss);
   pb.labels = target;
   pb.outer = outer;
   pb.channels = channels;
@@ -134,18 +125,7 @@ T binary_loss(detail::ElementOp op, const S* input, const S* target, int64_t cou
   detail::ElementProblem<T> pb;
   detail::HalfElementIO io;
   pb.op = op;
-  if constexpr (std::is_same_v<S, T>) {
-    pb.x = input;
-    pb.t = target;
-    pb.diff = grad;
-    pb.loss = loss;
-  } else {
-    io.x = detail::half_bits(input);
-    io.t = detail::half_bits(target);
-    io.diff = detail::half_bits(grad);
-    io.loss = detail::half_bits(loss);
-    pb.half = &io;
-  }
+  detail::bind(pb, io, input, target, grad, loss);
   pb.n = count;
   pb.weight = weight;
   pb.pos_weight = pos_weight;

@@ -29,7 +29,7 @@
 namespace xentkit::detail {
 namespace {
 
-constexpr int64_t kTile = 64;                  // positions per tile along `inner`
+constexpr int64_t kTile = 256;                 // positions per tile along `inner`
 constexpr int64_t kBlockElements = 1 << 15;    // target elements per deterministic block
 constexpr double kInf = std::numeric_limits<double>::infinity();
 

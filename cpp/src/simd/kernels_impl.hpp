@@ -219,7 +219,11 @@ int64_t softmax_rows_wide(const SoftmaxJob& jb) {
       const int64_t ych = y >= 0 ? y / W * W : -1;
       Acc acc;
       float e_label = 0.0f;
+      // While this batch is computed in cache, the next one is fetched: one line of its logits
+      // per vector here (the same offset one batch on), so memory and arithmetic overlap.
+      const float* ahead = r0 + batch < jb.count ? x + batch * C : nullptr;
       for (int64_t c = 0; c < full; c += W) {
+        if (ahead) __builtin_prefetch(ahead + c);
         vf e = exp_nonpos(load(x + c) - vm);
         if (st) store(st + c, e);
         if (c == ych) {

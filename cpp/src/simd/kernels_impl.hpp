@@ -323,8 +323,13 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     vey[q] = splat(0.0f);
     vy[q] = load_i(jb.y + j0 + q * W);
   }
+  // The next groups' lines of each class row are fetched while these are computed in cache.
+  const bool ahead = packed && g0 + 2 * G <= jb.count;
   for (int64_t c = 0; c < C; ++c) {
     const vi vc = splat_i(static_cast<int32_t>(c));
+    if (ahead) {
+      for (int q = 0; q < G; ++q) __builtin_prefetch(x + c * inner + S + q * W);
+    }
     for (int q = 0; q < G; ++q) {
       const vf e = exp_nonpos(load(packed ? pack + c * S + q * W : x + c * inner + q * W) - vm[q]);
       if (packed) {

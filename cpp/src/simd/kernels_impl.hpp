@@ -332,11 +332,7 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     }
     for (int q = 0; q < G; ++q) {
       const vf e = exp_nonpos(load(packed ? pack + c * S + q * W : x + c * inner + q * W) - vm[q]);
-      if (packed) {
-        store(pack + c * S + q * W, e);
-      } else if (st) {
-        store(st + c * inner + q * W, e);
-      }
+      if (st) store(packed ? pack + c * S + q * W : st + c * inner + q * W, e);
       const vi at = vy[q] == vc;
       vey[q] = sel(at, e, vey[q]);
       acc[q].add(sel(at, splat(0.0f), e));

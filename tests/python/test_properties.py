@@ -119,9 +119,12 @@ def _close(actual, expected, rtol, atol, special):
         np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg="NaN pattern")
         inf = np.isinf(expected)
         np.testing.assert_array_equal(actual[inf], expected[inf], err_msg="infinities")
+        # Finite values: the absolute tolerance follows the largest finite value and the size of
+        # the terms (`atol`): terms of 1e36 that cancel leave an error of their own size.
         fin = np.isfinite(expected)
         big = float(np.max(np.abs(expected[fin]))) if fin.any() else 1.0
-        np.testing.assert_allclose(actual[fin], expected[fin], rtol=rtol, atol=rtol * max(1.0, big))
+        np.testing.assert_allclose(actual[fin], expected[fin], rtol=rtol,
+                                   atol=max(rtol * max(1.0, big), atol))
         return
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 

@@ -106,5 +106,3 @@ def test_more_than_2_31_elements(big):
     head = losses[BOUNDARY_ROW - EXTRA_ROWS:BOUNDARY_ROW]
     assert tail.max() < 0.1 < head.min()
     assert caffe_loss == pytest.approx(total / N, rel=1e-6)
-    print(f"\nscale: {x.size} elements ({x.nbytes / 2**30:.2f} GiB), sum {total_sum:.6e}, "
-          f"reference {total:.6e}, worst per-row error {worst:.2e}")

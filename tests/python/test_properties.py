@@ -561,3 +561,17 @@ def test_smoothed_mean_over_a_zero_weight_sum_matches_torch_in_the_gradient():
                                       label_smoothing=0.3).backward()
     _, grad = xentkit.cross_entropy(x, y, w, label_smoothing=0.3, grad=True)
     np.testing.assert_array_equal(np.isnan(grad), np.isnan(xt.grad.numpy()))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_label_error_value_of_a_floating_label_is_the_stored_value(dtype):
+    """The value of a LabelError is the label as stored, also where its decimal text in the
+    message (9 significant digits for float32) is not exact; found by the out-of-range property
+    with a float32 label of 2**31."""
+    x = np.zeros((3, 2))
+    for bad in (3.3, 2.0**31, -7.9, 1e30 if dtype != np.float16 else 6e4):
+        labels = np.array([0.0, 1.0, bad], dtype=dtype)
+        with pytest.raises(xentkit.LabelError) as info:
+            xentkit.softmax_with_loss(x, labels)
+        assert info.value.index == 2
+        assert info.value.value == float(labels[2]), (info.value.value, float(labels[2]))

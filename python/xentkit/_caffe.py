@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from . import _core
+from ._errors import LabelError
 from ._arrays import (HALF, as_array, axis_value, contiguous, finish, gradient_output, half_flat,
                       half_view, ignore_value, label_array,
                       real_dtype_for, real_value)
@@ -88,6 +89,14 @@ def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalizat
     return loss, finish(work, out)
 
 
+def _exact_label_value(err, labels):
+    """Sets a LabelError's value to the stored label itself: the message's decimal text of a
+    floating label (9 significant digits for float32) need not be its exact value."""
+    flat = labels.reshape(-1)
+    if labels.dtype.kind == "f" and err.index is not None and 0 <= err.index < flat.size:
+        err.value = flat[err.index].item()
+
+
 def _diff_output(diff, scores, compute_dt, inputs):
     result_dt = scores.dtype if scores.dtype.isnative else compute_dt
     return gradient_output(diff, "diff", scores, result_dt, compute_dt, inputs)
@@ -144,16 +153,24 @@ def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalizatio
     if x0.dtype == HALF:  # float16 storage, float32 arithmetic
         work, out = _diff_output(diff, x0, HALF, (x0, l0))
         p_out = np.empty(x0.shape, dtype=HALF) if prob else None
-        loss = _core.softmax_with_loss_half(
-            half_view(x0), lab.reshape(-1), outer, channels, inner, ign, mode, weight,
-            half_flat(work), half_flat(p_out))
+        try:
+            loss = _core.softmax_with_loss_half(
+                half_view(x0), lab.reshape(-1), outer, channels, inner, ign, mode, weight,
+                half_flat(work), half_flat(p_out))
+        except LabelError as err:
+            _exact_label_value(err, lab)
+            raise
         return (loss, out, p_out) if prob else (loss, out)
     work, out = _diff_output(diff, x0, cdt, (x0, l0))
     p_out = np.empty(x0.shape, dtype=cdt) if prob else None
     x = contiguous(x0, cdt).reshape(-1)
-    loss = _core.softmax_with_loss(
-        x, lab.reshape(-1), outer, channels, inner, ign, mode, weight,
-        None if work is None else work.reshape(-1), None if p_out is None else p_out.reshape(-1))
+    try:
+        loss = _core.softmax_with_loss(
+            x, lab.reshape(-1), outer, channels, inner, ign, mode, weight,
+            None if work is None else work.reshape(-1), None if p_out is None else p_out.reshape(-1))
+    except LabelError as err:
+        _exact_label_value(err, lab)
+        raise
     out = finish(work, out)
     if prob:
         if p_out.dtype != x0.dtype and x0.dtype == np.float16:

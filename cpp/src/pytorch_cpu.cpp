@@ -99,6 +99,22 @@ T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_
   pb.grad_scale = grad_output / divisor(reduction, mean_divisor);
   pb.cap = std::numeric_limits<double>::infinity();
   const double sum = detail::softmax_xent(pb);
+  if (reduction == Reduction::mean && mean_divisor == 0.0 && smoothing > 0.0 &&
+      op == detail::SoftmaxOp::xent) {
+    // PyTorch divides the two terms by the (zero) weight sum separately: (1 - eps) nll / 0 is
+    // NaN when the weighted nll sum is 0, and NaN + inf stays NaN. The nll sum is recomputed
+    // alone (loss only; this happens only when every target has weight 0).
+    detail::SoftmaxProblem<T, L> alone = pb;
+    detail::HalfSoftmaxIO io_alone;
+    alone.diff = alone.prob = alone.log_prob = alone.loss = nullptr;
+    if (pb.half) {
+      io_alone.x = pb.half->x;
+      alone.half = &io_alone;
+    }
+    alone.smoothing = 0.0;
+    const double nll = (1.0 - smoothing) * detail::softmax_xent(alone);
+    return static_cast<T>(nll / mean_divisor + (sum - nll) / mean_divisor);
+  }
   return static_cast<T>(reduce(reduction, sum, mean_divisor));
 }
 

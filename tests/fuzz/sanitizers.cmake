@@ -5,7 +5,5 @@ set(_xk_sanitize -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omi
 target_compile_options(xentkit PRIVATE ${_xk_sanitize})
 target_link_options(xentkit INTERFACE -fsanitize=address,undefined)
 if(TARGET xentkit_cpp_tests)
-  # xentkit_test_support.hpp compares empty std::vectors with memcmp(nullptr, nullptr, 0), which UBSan's
-  # nonnull-attribute check reports; the library itself keeps that check.
-  target_compile_options(xentkit_cpp_tests PRIVATE ${_xk_sanitize} -fno-sanitize=nonnull-attribute)
+  target_compile_options(xentkit_cpp_tests PRIVATE ${_xk_sanitize})
 endif()

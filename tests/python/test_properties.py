@@ -539,8 +539,6 @@ def test_out_of_range_labels_raise_label_error(name, data):
 # Regressions found by the properties and the fuzzer
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the smoothed class-index mean divides the combined sum "
-                   "by a zero weight sum (+inf) where PyTorch adds nll 0/0 = NaN to it")
 def test_smoothed_mean_over_a_zero_weight_sum_is_nan_as_pytorch():
     """Targets present but all of zero weight: PyTorch's mean is (1 - eps) * (0 / 0) +
     eps / C * (S / 0) = NaN; the smoothing term must not turn it into inf."""

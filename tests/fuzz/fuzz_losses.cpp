@@ -19,8 +19,10 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <string>
 #include <vector>
 
+#include "xentkit/cpu.hpp"
 #include "xentkit/errors.hpp"
 #include "xentkit/losses.hpp"
 #include "xentkit/options.hpp"
@@ -573,10 +575,30 @@ void with_label_type(Bytes& in, uint8_t function, uint8_t label_type, bool tame,
 
 }  // namespace
 
+/// The instruction-set levels this build and CPU run ("avx512", "avx2", "baseline", "scalar").
+static const std::vector<std::string>& simd_levels() {
+  static const std::vector<std::string> levels = [] {
+    std::vector<std::string> out;
+    const std::string all = xentkit::simd_levels_available();
+    size_t start = 0;
+    while (start <= all.size()) {
+      const size_t comma = all.find(", ", start);
+      out.push_back(all.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 2;
+    }
+    return out;
+  }();
+  return levels;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Bytes in(data, size);
   const uint8_t function = in.u8();
   const uint8_t flags = in.u8();
+  // Bits 4-5 pick the instruction-set level, so every vector kernel and the scalar ones are fuzzed.
+  const auto& levels = simd_levels();
+  xentkit::set_simd_level(levels[((flags >> 4) & 3u) % levels.size()]);
   const uint8_t label_type = in.u8();
   const bool tame = (flags & 1) == 0;
   static const double scales[] = {0.01, 0.25, 1.0, 100.0};

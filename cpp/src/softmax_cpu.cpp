@@ -402,6 +402,67 @@ inline void narrow(const float* in, uint16_t* out, int64_t n) {
   to_half(in, reinterpret_cast<half*>(out), n);
 }
 
+template <typename L>
+double half_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fast::Kernels* vec,
+                  bool log_sum, int64_t t0, int64_t t1, int64_t w_max, int64_t tiles_per_outer);
+
+/// Rows [t0, t1) of a float16 class-index (or target-free) problem with more than 16 classes,
+/// read and written in float16 by the vectorised rows kernel (e in float32 scratch); a row it
+/// hands back goes through the staged scalar path. Same sums and bits as the staged path.
+template <typename L>
+double half_rows_fused(const SoftmaxProblem<float, L>& pb, const Shared& sh,
+                       const fast::Kernels& k, int64_t t0, int64_t t1) {
+  constexpr int64_t kChunk = 256;
+  const HalfSoftmaxIO& h = *pb.half;
+  const int64_t C = pb.channels;
+  int32_t y[kChunk];
+  double a[kChunk], loss[kChunk];
+  thread_local std::vector<float> scratch;
+  const size_t need = static_cast<size_t>(fast::kLanes * C);
+  if (scratch.size() < need) scratch.resize(need);
+  fast::SoftmaxJob job;
+  job.channels = C;
+  job.grad_scale = pb.grad_scale;
+  job.cap = pb.cap;
+  job.scratch = scratch.data();
+  double acc = 0.0;
+  for (int64_t r0 = t0; r0 < t1;) {
+    const int64_t n = std::min(kChunk, t1 - r0);
+    const L* lab = pb.labels ? pb.labels + r0 : nullptr;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t c = lab ? classify_label(lab[j], C, pb.has_ignore, pb.ignore) : -2;
+      y[j] = c >= 0 ? static_cast<int32_t>(c) : (lab ? fast::kSkip : fast::kNoLabel);
+      a[j] = c >= 0 ? class_weight(pb.class_weight, c) : 0.0;
+    }
+    int64_t i = 0;
+    while (i < n) {
+      const int64_t off = (r0 + i) * C;
+      job.xh = h.x + off;
+      job.diffh = h.diff ? h.diff + off : nullptr;
+      job.probh = h.prob ? h.prob + off : nullptr;
+      job.count = n - i;
+      job.y = y + i;
+      job.a = a + i;
+      job.loss = loss + i;
+      const int64_t done = k.softmax_rows_half(job);
+      for (int64_t j = i; j < i + done; ++j) {
+        if (h.loss) {
+          const float l = static_cast<float>(loss[j]);
+          to_half(&l, reinterpret_cast<half*>(h.loss + r0 + j), 1);
+        }
+        acc += loss[j];
+      }
+      i += done;
+      if (i < n) {  // a row with a NaN or infinite logit
+        acc += half_tasks(pb, sh, nullptr, false, r0 + i, r0 + i + 1, 1, 1);
+        ++i;
+      }
+    }
+    r0 += n;
+  }
+  return acc;
+}
+
 /// The tasks [t0, t1) of a float16 problem: chunks of rows (or of a tile's positions) are widened
 /// into float32 scratch, run by plain_tasks, and their outputs rounded back. Same sum order.
 template <typename L>
@@ -409,6 +470,7 @@ double half_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
                   bool log_sum, int64_t t0, int64_t t1, int64_t w_max, int64_t tiles_per_outer) {
   const HalfSoftmaxIO& h = *pb.half;
   const int64_t C = pb.channels, inner = pb.inner;
+  if (inner == 1 && vec && C > fast::kLanes) return half_rows_fused(pb, sh, *vec, t0, t1);
   // Positions per chunk: about 8192 elements (rows), or a slice of a tile.
   const int64_t width = inner == 1 ? std::clamp<int64_t>(8192 / C, 1, 256)
                                    : std::min(w_max, std::max<int64_t>(16, 65536 / C));

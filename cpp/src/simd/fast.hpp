@@ -29,6 +29,12 @@ struct SoftmaxJob {
   double grad_scale = 1.0;
   double cap = 0.0;           // upper bound of -log p[y]
   double* loss = nullptr;     // out: per row / position loss (weighted, capped)
+  // float16 storage (rows kernel of softmax_rows_half only): x, diff and prob are null and these
+  // are read and written; scratch holds min(count, 16) * C floats.
+  const uint16_t* xh = nullptr;
+  uint16_t* diffh = nullptr;
+  uint16_t* probh = nullptr;
+  float* scratch = nullptr;
 };
 
 /// Elementwise sigmoid cross entropy on logits, no weights: loss (1 - t) x + softplus(-x) and
@@ -47,6 +53,8 @@ struct Kernels {
   /// Rows, class axis innermost. Returns the number of rows done (< count: row `done` has a
   /// NaN or infinite logit and was not touched).
   int64_t (*softmax_rows)(const SoftmaxJob&);
+  /// The same rows in float16 storage (C > 16), read and written without a float32 copy.
+  int64_t (*softmax_rows_half)(const SoftmaxJob&);
   /// Groups of W = 16 positions with class stride `inner`. Returns the groups done.
   int64_t (*softmax_positions)(const SoftmaxJob&);
   /// Returns the elements done (a multiple of 16 or n); the sum of their losses in *sum.

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -166,7 +167,38 @@ int64_t softmax_rows_narrow(const SoftmaxJob& jb) {
   return jb.count;
 }
 
-int64_t softmax_rows_wide(const SoftmaxJob& jb) {
+// Loads and stores of float32 or float16 (uint16_t bits) storage.
+XK_INLINE vf load_s(const float* p) noexcept { return load(p); }
+XK_INLINE vf load_s(const uint16_t* p) noexcept { return load_half(p); }
+XK_INLINE vf load_part_s(const float* p, int n, float fill) noexcept { return load_part(p, n, fill); }
+XK_INLINE vf load_part_s(const uint16_t* p, int n, float fill) noexcept {
+  return load_part_half(p, n, fill);
+}
+XK_INLINE void store_s(float* p, vf v) noexcept { store(p, v); }
+XK_INLINE void store_s(uint16_t* p, vf v) noexcept { store_half(p, v); }
+XK_INLINE void store_part_s(float* p, vf v, int n) noexcept { store_part(p, v, n); }
+XK_INLINE void store_part_s(uint16_t* p, vf v, int n) noexcept { store_part_half(p, v, n); }
+XK_INLINE float value_s(float v) noexcept { return v; }
+XK_INLINE float value_s(uint16_t v) noexcept { return half_bits_to_float(v); }
+XK_INLINE void put_s(float* p, float v) noexcept { *p = v; }
+XK_INLINE void put_s(uint16_t* p, float v) noexcept { *p = float_to_half_bits(v); }
+
+/// Rows of more than W classes, in storage S (float, or float16 bits with e kept in scratch).
+template <typename S>
+int64_t rows_wide(const SoftmaxJob& jb) {
+  constexpr bool kHalf = std::is_same_v<S, uint16_t>;
+  const S* xs = nullptr;
+  S* ds = nullptr;
+  S* ps = nullptr;
+  if constexpr (kHalf) {
+    xs = jb.xh;
+    ds = jb.diffh;
+    ps = jb.probh;
+  } else {
+    xs = jb.x;
+    ds = jb.diff;
+    ps = jb.prob;
+  }
   const int64_t C = jb.channels;
   const int64_t full = C / W * W;
   const int tail = static_cast<int>(C - full);
@@ -181,16 +213,16 @@ int64_t softmax_rows_wide(const SoftmaxJob& jb) {
     // Sweep A for the whole batch first, so that a bad row is handed back untouched.
     bool stop = false;
     for (int k = 0; k < n; ++k) {
-      const float* x = jb.x + (r0 + k) * C;
+      const S* x = xs + (r0 + k) * C;
       vf vm = splat(-kFloatInf);
       vi bad = splat_i(0);
       for (int64_t c = 0; c < full; c += W) {
-        const vf v = load(x + c);
+        const vf v = load_s(x + c);
         bad |= (v != v);
         vm = max_keep(vm, v);
       }
       if (tail) {
-        const vf v = load_part(x + full, tail, -kFloatInf);
+        const vf v = load_part_s(x + full, tail, -kFloatInf);
         bad |= (v != v);
         vm = max_keep(vm, v);
       }
@@ -205,12 +237,18 @@ int64_t softmax_rows_wide(const SoftmaxJob& jb) {
     if (n == 0) return r0;
     for (int k = 0; k < n; ++k) {
       const int64_t r = r0 + k;
-      const float* x = jb.x + r * C;
-      float* st = jb.diff ? jb.diff + r * C : (jb.prob ? jb.prob + r * C : nullptr);
+      const S* x = xs + r * C;
+      // Where e goes between sweeps B and C: the float32 output, or scratch for float16.
+      float* st = nullptr;
+      if constexpr (kHalf) {
+        st = (ds || ps) ? jb.scratch + k * C : nullptr;
+      } else {
+        st = ds ? ds + r * C : (ps ? ps + r * C : nullptr);
+      }
       const int32_t y = jb.y[r];
       const float m = mx[k];
-      zy[k] = y >= 0 ? x[y] - m : 0.0f;
-      if (y == kSkip && !jb.prob) {  // nothing to compute: loss 0, gradient 0
+      zy[k] = y >= 0 ? value_s(x[y]) - m : 0.0f;
+      if (y == kSkip && !ps) {  // nothing to compute: loss 0, gradient 0
         other[k] = 1.0;
         ey[k] = 1.0f;
         continue;
@@ -221,10 +259,10 @@ int64_t softmax_rows_wide(const SoftmaxJob& jb) {
       float e_label = 0.0f;
       // While this batch is computed in cache, the next one is fetched: one line of its logits
       // per vector here (the same offset one batch on), so memory and arithmetic overlap.
-      const float* ahead = r0 + batch < jb.count ? x + batch * C : nullptr;
+      const S* ahead = r0 + batch < jb.count ? x + batch * C : nullptr;
       for (int64_t c = 0; c < full; c += W) {
         if (ahead) __builtin_prefetch(ahead + c);
-        vf e = exp_nonpos(load(x + c) - vm);
+        vf e = exp_nonpos(load_s(x + c) - vm);
         if (st) store(st + c, e);
         if (c == ych) {
           e_label = get(e, static_cast<int>(y - c));
@@ -235,7 +273,7 @@ int64_t softmax_rows_wide(const SoftmaxJob& jb) {
       if (tail) {
         // The tail's e stays in a local buffer: a masked store read back by a masked load
         // would not be forwarded and would stall sweep C.
-        vf e = exp_nonpos(load_part(x + full, tail, -kFloatInf) - vm);
+        vf e = exp_nonpos(load_part_s(x + full, tail, -kFloatInf) - vm);
         store(tails[k], e);
         if (full == ych) {
           e_label = get(e, static_cast<int>(y - full));
@@ -251,32 +289,42 @@ int64_t softmax_rows_wide(const SoftmaxJob& jb) {
     for (int k = 0; k < n; ++k) {
       const int64_t r = r0 + k;
       const int32_t y = jb.y[r];
-      float* d = jb.diff ? jb.diff + r * C : nullptr;
-      float* p = jb.prob ? jb.prob + r * C : nullptr;
+      S* d = ds ? ds + r * C : nullptr;
+      S* p = ps ? ps + r * C : nullptr;
       if (y == kSkip && !p) {
-        if (d) std::memset(d, 0, static_cast<size_t>(C) * sizeof(float));
+        if (d) std::memset(d, 0, static_cast<size_t>(C) * sizeof(S));
         continue;
       }
-      const float* st = d ? d : p;
+      const float* st = nullptr;
+      if constexpr (kHalf) {
+        st = (d || p) ? jb.scratch + k * C : nullptr;
+      } else {
+        st = d ? d : p;
+      }
       if (!st) continue;
       const vf pinv = splat(f.pinv[k]);
       const vf sc = splat(f.scale[k]);
       for (int64_t c = 0; c < full; c += W) {
         const vf e = load(st + c);
-        if (p) store(p + c, e * pinv);
-        if (d) store(d + c, e * sc);
+        if (p) store_s(p + c, e * pinv);
+        if (d) store_s(d + c, e * sc);
       }
       if (tail) {
         const vf e = load(tails[k]);
-        if (p) store_part(p + full, e * pinv, tail);
-        if (d) store_part(d + full, e * sc, tail);
+        if (p) store_part_s(p + full, e * pinv, tail);
+        if (d) store_part_s(d + full, e * sc, tail);
       }
-      if (d && y >= 0) d[y] = f.gy[k];
+      if (d && y >= 0) put_s(d + y, f.gy[k]);
     }
     if (stop) return r0 + n;
   }
   return jb.count;
 }
+
+
+int64_t softmax_rows_wide(const SoftmaxJob& jb) { return rows_wide<float>(jb); }
+
+int64_t softmax_rows_half(const SoftmaxJob& jb) { return rows_wide<uint16_t>(jb); }
 
 int64_t softmax_rows(const SoftmaxJob& jb) {
   return jb.channels <= W ? softmax_rows_narrow(jb) : softmax_rows_wide(jb);
@@ -466,8 +514,8 @@ void float_to_half(const float* in, uint16_t* out, int64_t n) {
   for (; i < n; ++i) out[i] = float_to_half_bits(in[i]);
 }
 
-const Kernels table = {XENTKIT_ISA_NAME, softmax_rows, softmax_positions, sigmoid,
-                       half_to_float, float_to_half};
+const Kernels table = {XENTKIT_ISA_NAME, softmax_rows,    softmax_rows_half, softmax_positions,
+                       sigmoid,          half_to_float, float_to_half};
 
 }  // namespace
 

@@ -157,6 +157,54 @@ XK_INLINE void store_part(float* p, vf v, int n) noexcept {
 }
 #endif
 
+// ---- float16 storage: 16 binary16 values <-> one vf ------------------------------------------
+
+XK_INLINE vf load_half(const uint16_t* p) noexcept {
+#if defined(__AVX512F__)
+  const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return load_any<vf>(&v);
+#elif defined(__F16C__)
+  __m256 h[2];
+  h[0] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  h[1] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  return load_any<vf>(h);
+#else
+  float buf[W];
+  for (int k = 0; k < W; ++k) buf[k] = half_bits_to_float(p[k]);
+  return load(buf);
+#endif
+}
+
+XK_INLINE void store_half(uint16_t* p, vf v) noexcept {
+#if defined(__AVX512F__)
+  __m512 r;
+  std::memcpy(&r, &v, sizeof r);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+  __m256 h[2];
+  std::memcpy(h, &v, sizeof h);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(h[0], _MM_FROUND_TO_NEAREST_INT));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 8), _mm256_cvtps_ph(h[1], _MM_FROUND_TO_NEAREST_INT));
+#else
+  float buf[W];
+  store(buf, v);
+  for (int k = 0; k < W; ++k) p[k] = float_to_half_bits(buf[k]);
+#endif
+}
+
+XK_INLINE vf load_part_half(const uint16_t* p, int n, float fill) noexcept {
+  uint16_t buf[W];
+  const uint16_t f = float_to_half_bits(fill);
+  for (int k = 0; k < W; ++k) buf[k] = k < n ? p[k] : f;
+  return load_half(buf);
+}
+
+XK_INLINE void store_part_half(uint16_t* p, vf v, int n) noexcept {
+  uint16_t buf[W];
+  store_half(buf, v);
+  for (int k = 0; k < n; ++k) p[k] = buf[k];
+}
+
 // The low and high halves of a native float register, widened to doubles.
 #if defined(__AVX512F__)
 #define XK_LO 0, 1, 2, 3, 4, 5, 6, 7

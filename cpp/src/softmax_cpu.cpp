@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "half_bits.hpp"
 #include "kernels.hpp"
 #include "simd/fast.hpp"
 #include "xentkit/half.hpp"
@@ -237,16 +238,28 @@ double nll_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w
   return acc;
 }
 
+/// The vector kernels' view of n labels: y = class, kSkip (ignored) or kNoLabel (no labels at
+/// all), and a = the weight of the class.
+template <typename L>
+void kernel_labels(const SoftmaxProblem<float, L>& pb, const L* lab, int64_t n, int32_t* y,
+                   double* a) {
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t c = lab ? classify_label(lab[j], pb.channels, pb.has_ignore, pb.ignore) : -2;
+    y[j] = c >= 0 ? static_cast<int32_t>(c) : (lab ? fast::kSkip : fast::kNoLabel);
+    a[j] = c >= 0 ? class_weight(pb.class_weight, c) : 0.0;
+  }
+}
+
 /// One tile (positions s0 .. s0+wt-1 of outer index o, class stride pb.inner) on the
 /// vectorised positions kernel; a group it hands back and the last wt % 16 positions go to
-/// xent_tile. `fill(labels, n)` sets y and a for the tile's positions.
-template <typename L, typename Fill>
+/// xent_tile.
+template <typename L>
 double fast_tile(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fast::Kernels& k,
-                 fast::SoftmaxJob& job, const int32_t* y, const double* a, double* loss,
-                 const Fill& fill, int64_t o, int64_t s0, int64_t wt) {
+                 fast::SoftmaxJob& job, int32_t* y, double* a, double* loss, int64_t o,
+                 int64_t s0, int64_t wt) {
   const int64_t C = pb.channels, inner = pb.inner;
   const int64_t groups = wt / fast::kLanes;
-  fill(pb.labels ? pb.labels + o * inner + s0 : nullptr, wt);
+  kernel_labels(pb, pb.labels ? pb.labels + o * inner + s0 : nullptr, wt, y, a);
   const int64_t off = o * C * inner + s0;
   job.inner = inner;
   double acc = 0.0;
@@ -287,13 +300,6 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
   const int64_t C = pb.channels, inner = pb.inner;
   int32_t y[kChunk];
   double a[kChunk], loss[kChunk];
-  auto fill = [&](const L* lab, int64_t n) {
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t c = lab ? classify_label(lab[j], C, pb.has_ignore, pb.ignore) : -2;
-      y[j] = c >= 0 ? static_cast<int32_t>(c) : (lab ? fast::kSkip : fast::kNoLabel);
-      a[j] = c >= 0 ? class_weight(pb.class_weight, c) : 0.0;
-    }
-  };
   fast::SoftmaxJob job;
   job.channels = C;
   job.inner = inner;
@@ -306,7 +312,7 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
   if (inner == 1) {
     for (int64_t r0 = t0; r0 < t1;) {
       const int64_t n = std::min(kChunk, t1 - r0);
-      fill(pb.labels ? pb.labels + r0 : nullptr, n);
+      kernel_labels(pb, pb.labels ? pb.labels + r0 : nullptr, n, y, a);
       int64_t i = 0;
       while (i < n) {
         job.x = pb.x + (r0 + i) * C;
@@ -344,7 +350,7 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
     const int64_t wt = std::min(w_max, inner - s0);
     const int64_t off = o * C * inner + s0;
     if (!stage) {
-      acc += fast_tile(pb, sh, k, job, y, a, loss, fill, o, s0, wt);
+      acc += fast_tile(pb, sh, k, job, y, a, loss, o, s0, wt);
       continue;
     }
     const size_t tile = static_cast<size_t>(C * wt);
@@ -362,7 +368,7 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
     lp.diff = pb.diff ? xs : nullptr;
     lp.prob = pb.prob ? ps : nullptr;
     lp.loss = pb.loss ? pb.loss + o * inner + s0 : nullptr;
-    acc += fast_tile(lp, sh, k, job, y, a, loss, fill, 0, 0, wt);
+    acc += fast_tile(lp, sh, k, job, y, a, loss, 0, 0, wt);
     for (int64_t c = 0; c < C; ++c) {
       const size_t bytes = static_cast<size_t>(wt) * sizeof(float);
       if (pb.diff) std::memcpy(pb.diff + off + c * inner, xs + c * wt, bytes);
@@ -428,12 +434,7 @@ double half_rows_fused(const SoftmaxProblem<float, L>& pb, const Shared& sh,
   double acc = 0.0;
   for (int64_t r0 = t0; r0 < t1;) {
     const int64_t n = std::min(kChunk, t1 - r0);
-    const L* lab = pb.labels ? pb.labels + r0 : nullptr;
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t c = lab ? classify_label(lab[j], C, pb.has_ignore, pb.ignore) : -2;
-      y[j] = c >= 0 ? static_cast<int32_t>(c) : (lab ? fast::kSkip : fast::kNoLabel);
-      a[j] = c >= 0 ? class_weight(pb.class_weight, c) : 0.0;
-    }
+    kernel_labels(pb, pb.labels ? pb.labels + r0 : nullptr, n, y, a);
     int64_t i = 0;
     while (i < n) {
       const int64_t off = (r0 + i) * C;
@@ -446,10 +447,7 @@ double half_rows_fused(const SoftmaxProblem<float, L>& pb, const Shared& sh,
       job.loss = loss + i;
       const int64_t done = k.softmax_rows_half(job);
       for (int64_t j = i; j < i + done; ++j) {
-        if (h.loss) {
-          const float l = static_cast<float>(loss[j]);
-          to_half(&l, reinterpret_cast<half*>(h.loss + r0 + j), 1);
-        }
+        if (h.loss) h.loss[r0 + j] = float_to_half_bits(static_cast<float>(loss[j]));
         acc += loss[j];
       }
       i += done;

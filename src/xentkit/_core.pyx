@@ -121,17 +121,24 @@ def softmax_with_loss(const real_t[::1] scores, const label_t[::1] labels, int64
 # ---- PyTorch-compatible functions -------------------------------------------------------------
 # Optional buffers arrive as None; empty ones are passed as NULL (nothing is read or written).
 
+cdef inline Broadcast[real_t] _broadcast(const real_t[::1] data, int64_t stride,
+                                         int64_t period) noexcept:
+    """A weight read as data[(i // stride) % period], or none (data None or empty)."""
+    cdef Broadcast[real_t] b
+    if data is not None and data.shape[0] > 0:
+        b.data = &data[0]
+        b.stride = stride
+        b.period = period
+    return b
+
+
 def binary_cross_entropy(const real_t[::1] input, const real_t[::1] target,
                          const real_t[::1] weight, int64_t w_stride, int64_t w_period,
                          int reduction, real_t[::1] loss, real_t[::1] grad):
     cdef BinaryCrossEntropyOptions opts
     opts.reduction = <Reduction>reduction
     cdef int64_t n = input.shape[0]
-    cdef Broadcast[real_t] w
-    if weight is not None and weight.shape[0] > 0:
-        w.data = &weight[0]
-        w.stride = w_stride
-        w.period = w_period
+    cdef Broadcast[real_t] w = _broadcast(weight, w_stride, w_period)
     cdef const real_t* px = &input[0] if n > 0 else NULL
     cdef const real_t* pt = &target[0] if n > 0 else NULL
     cdef real_t* pl = &loss[0] if loss is not None and n > 0 else NULL
@@ -150,16 +157,8 @@ def binary_cross_entropy_with_logits(const real_t[::1] input, const real_t[::1] 
     cdef BinaryCrossEntropyOptions opts
     opts.reduction = <Reduction>reduction
     cdef int64_t n = input.shape[0]
-    cdef Broadcast[real_t] w
-    cdef Broadcast[real_t] pw
-    if weight is not None and weight.shape[0] > 0:
-        w.data = &weight[0]
-        w.stride = w_stride
-        w.period = w_period
-    if pos_weight is not None and pos_weight.shape[0] > 0:
-        pw.data = &pos_weight[0]
-        pw.stride = p_stride
-        pw.period = p_period
+    cdef Broadcast[real_t] w = _broadcast(weight, w_stride, w_period)
+    cdef Broadcast[real_t] pw = _broadcast(pos_weight, p_stride, p_period)
     cdef const real_t* px = &input[0] if n > 0 else NULL
     cdef const real_t* pt = &target[0] if n > 0 else NULL
     cdef real_t* pl = &loss[0] if loss is not None and n > 0 else NULL
@@ -435,16 +434,8 @@ def binary_cross_entropy_with_logits_half(
     cdef BinaryCrossEntropyOptions opts
     opts.reduction = <Reduction>reduction
     cdef int64_t n = input.shape[0]
-    cdef Broadcast[float] w
-    cdef Broadcast[float] pw
-    if weight is not None and weight.shape[0] > 0:
-        w.data = &weight[0]
-        w.stride = w_stride
-        w.period = w_period
-    if pos_weight is not None and pos_weight.shape[0] > 0:
-        pw.data = &pos_weight[0]
-        pw.stride = p_stride
-        pw.period = p_period
+    cdef Broadcast[float] w = _broadcast(weight, w_stride, w_period)
+    cdef Broadcast[float] pw = _broadcast(pos_weight, p_stride, p_period)
     cdef const half* px = _hin(input)
     cdef const half* pt = _hin(target)
     cdef half* pl = _hout(loss)

@@ -12,6 +12,13 @@
 
 #include "xentkit/errors.hpp"
 
+/// Functions shared by the CPU kernels and the CUDA kernels are marked with this.
+#if defined(__CUDACC__)
+#define XENTKIT_HD __host__ __device__
+#else
+#define XENTKIT_HD
+#endif
+
 namespace xentkit::detail {
 
 /// Result of reading one label: a class index in [0, C), or one of these.
@@ -21,7 +28,7 @@ inline constexpr int64_t kInvalid = -2;
 /// Truncates a stored label toward zero. Returns false when the value has no int64 equivalent
 /// (NaN, infinities, magnitudes of 2^63 and more).
 template <typename L>
-inline bool truncate_label(L raw, int64_t& out) noexcept {
+XENTKIT_HD inline bool truncate_label(L raw, int64_t& out) noexcept {
   if constexpr (std::is_floating_point_v<L>) {
     const double d = static_cast<double>(raw);
     // The range test is false for NaN as well.
@@ -29,7 +36,7 @@ inline bool truncate_label(L raw, int64_t& out) noexcept {
     out = static_cast<int64_t>(d);  // truncation toward zero
     return true;
   } else if constexpr (std::is_unsigned_v<L>) {
-    if (static_cast<uint64_t>(raw) > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    if (static_cast<uint64_t>(raw) > 9223372036854775807ULL)  // INT64_MAX
       return false;
     out = static_cast<int64_t>(raw);
     return true;
@@ -41,7 +48,8 @@ inline bool truncate_label(L raw, int64_t& out) noexcept {
 
 /// Class index of a stored label, kIgnored, or kInvalid.
 template <typename L>
-inline int64_t classify_label(L raw, int64_t channels, bool has_ignore, int64_t ignore) noexcept {
+XENTKIT_HD inline int64_t classify_label(L raw, int64_t channels, bool has_ignore,
+                                         int64_t ignore) noexcept {
   int64_t v;
   if (!truncate_label(raw, v)) return kInvalid;
   if (has_ignore && v == ignore) return kIgnored;

@@ -4,7 +4,7 @@
 // Kernel choice (all launches on the caller's stream, grids fixed by the shape alone):
 //   * inner == 1 ("rows", the class axis contiguous):
 //       - C <= 1024: one warp per row, the row held in registers (K = 1..32 values per lane,
-//         class c = j * 32 + lane), eight rows per block at a time. x is read once.
+//         class c = j * 32 + lane), four rows per block at a time; float64 up to 512 classes. x is read once.
 //       - larger C whose row fits kStageBytes: one block per row, the row copied (16-byte loads
 //         when aligned) into dynamic shared memory in its storage type, so x is read from global
 //         memory once and every output written once.
@@ -36,7 +36,7 @@ namespace m = math;
 using m::Extra;
 using m::Stats;
 
-constexpr int kRowsWarps = 8;             // warps per block of the warp-per-row kernel
+constexpr int kRowsWarps = 4;             // warps per block of the warp-per-row kernel
 constexpr int kBlockThreads = 512;        // threads of the block-per-row kernel
 constexpr int kPosThreads = 256;          // threads of the positions and pre-pass kernels
 constexpr int64_t kStageBytes = 96 * 1024;  // largest row staged in shared memory
@@ -72,6 +72,10 @@ struct Consts {
 
 template <typename S> struct ComputeOf { using R = float; };
 template <> struct ComputeOf<double> { using R = double; };
+
+/// 1 / v, correctly rounded (the intrinsic keeps the division's slow path out of line).
+__device__ __forceinline__ float reciprocal(float v) { return __frcp_rn(v); }
+__device__ __forceinline__ double reciprocal(double v) { return __drcp_rn(v); }
 
 template <typename S>
 __device__ __forceinline__ auto load(const void* p, int64_t i) {
@@ -284,7 +288,7 @@ __device__ void process_row(const Row& row, const Params& P, const Consts<typena
   if (!P.diff && !P.prob && !P.log_prob) return;
 
   // The outputs, from e computed again (the same value).
-  const R inv = R(1) / st.sum;
+  const R inv = reciprocal(st.sum);
   const R spread_scale = k.spread * k.scale;
   const bool smooth = extra == Extra::smooth;
   row.each([&](int64_t c, R v) {
@@ -343,7 +347,7 @@ __device__ __forceinline__ void write_partial(Workspace* ws, double a, double b)
 }
 
 template <typename S, int K>
-__global__ void __launch_bounds__(kRowsWarps * 32)
+__global__ void __launch_bounds__(kRowsWarps * 32, 1)
 rows_warp_kernel(Params P) {
   using R = typename ComputeOf<S>::R;
   __shared__ double scratch[32];
@@ -398,7 +402,7 @@ rows_block_kernel(Params P) {
 }
 
 template <typename S>
-__global__ void __launch_bounds__(kPosThreads)
+__global__ void __launch_bounds__(kPosThreads, 1)
 positions_kernel(Params P) {
   using R = typename ComputeOf<S>::R;
   __shared__ double scratch[32];
@@ -513,7 +517,8 @@ int launch_main(const Params& P, cudaStream_t stream) {
     positions_kernel<S><<<grid, kPosThreads, 0, stream>>>(P);
     return grid;
   }
-  if (C <= 1024) {
+  // float64 rows of more than 512 classes would need 200+ registers a thread in a warp.
+  if (C <= (sizeof(S) == 8 ? 512 : 1024)) {
     const int grid = grid_for(rows, kRowsWarps);
     if (C <= 32) launch_warp_rows<S, 1>(P, grid, stream);
     else if (C <= 64) launch_warp_rows<S, 2>(P, grid, stream);

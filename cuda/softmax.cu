@@ -114,7 +114,7 @@ struct WarpRow {
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       const int64_t c = int64_t{j} * 32 + lane;
-      v[j] = c < C ? to_compute(x[c]) : R(0);
+      v[j] = (c < C && !P.nll) ? to_compute(x[c]) : R(0);  // nll reads x[y] alone
     }
   }
   template <typename F> __device__ __forceinline__ void each(F&& f) const {
@@ -382,7 +382,7 @@ rows_block_kernel(Params P) {
   for (int64_t r = blockIdx.x; r < P.outer; r += gridDim.x) {
     const S* x = static_cast<const S*>(P.x) + r * C;
     BlockRow<S> row{x, r * C, C, &red};
-    if constexpr (kStaged) {
+    if (kStaged && !P.nll) {  // nll reads x[y] alone
       S* s = reinterpret_cast<S*>(stage);
       __syncthreads();  // the previous row is no longer read
       const int64_t bytes = C * static_cast<int64_t>(sizeof(S));

@@ -20,6 +20,7 @@
 // again. Loss sums over positions are kept per block in double and combined in block order by
 // the finalize kernel, so the result does not depend on timing.
 
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -41,6 +42,8 @@ constexpr int kBlockThreads = 512;        // threads of the block-per-row kernel
 constexpr int kPosThreads = 256;          // threads of the positions and pre-pass kernels
 constexpr int64_t kStageBytes = 96 * 1024;  // largest row staged in shared memory
 constexpr int64_t kNoIndex = INT64_MAX;
+constexpr int kClusterMax = 8;                   // blocks per cluster (the portable limit)
+constexpr int64_t kClusterStageBytes = 160 * 1024;  // shared memory per block of a cluster
 
 /// Everything a main kernel reads, by value.
 struct Params {
@@ -97,7 +100,19 @@ __device__ __forceinline__ typename ComputeOf<S>::R class_weight(const Params& P
   return P.weight ? static_cast<R>(load<S>(P.weight, c)) : R(1);
 }
 
-// ---- the three row layouts -----------------------------------------------------------------
+/// The row's sums over its threads, field by field (every layout but the cluster's).
+template <typename Row, typename R>
+__device__ __forceinline__ void reduce_fields(const Row& row, Stats<R>& st, bool extra) {
+  st.sum = row.sum(st.sum);
+  st.other_y = row.sum(st.other_y);
+  st.other_m = row.sum(st.other_m);
+  if (extra) {
+    st.wsum = row.sum(st.wsum);
+    st.qsum = row.sum(st.qsum);
+  }
+}
+
+// ---- the row layouts -----------------------------------------------------------------
 // A row exposes: each(f) over the calling thread's classes in increasing order (f(c, v)),
 // the tree reductions (all threads get the result), offset(c) (index of class c in x-shaped
 // arrays) and leader().
@@ -127,6 +142,7 @@ struct WarpRow {
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
   __device__ __forceinline__ bool leader() const { return lane == 0; }
   __device__ __forceinline__ R sum(R s) const { return warp_sum(s); }
+  __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const { reduce_fields(*this, st, extra); }
   __device__ __forceinline__ void max(R& mx, int64_t& am) const {
     for (int o = 16; o > 0; o >>= 1) {
       const R m2 = __shfl_xor_sync(0xffffffffu, mx, o);
@@ -157,6 +173,7 @@ struct BlockRow {
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
   __device__ __forceinline__ bool leader() const { return threadIdx.x == 0; }
   __device__ __forceinline__ R sum(R s) const { return block_sum(s, scratch->r); }
+  __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const { reduce_fields(*this, st, extra); }
   __device__ void max(R& mx, int64_t& am) const {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     auto warp_arg = [](R& a, int64_t& ai) {
@@ -176,6 +193,103 @@ struct BlockRow {
   }
 };
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/// What one block of a cluster publishes to the others for one exchange.
+template <typename R>
+struct ClusterSlot {
+  R v[5];
+  int64_t am;
+};
+
+/// A thread-block cluster, one row: block `rank` holds classes [c0, c1) of the row in its shared
+/// memory (class c = c0 + threadIdx.x + j * blockDim.x). Every exchange reduces within the block
+/// (the fixed trees of BlockRow), publishes the block's value in a shared slot, syncs the cluster
+/// and adds the slots of all blocks in rank order through distributed shared memory. Slots
+/// alternate between two buffers: a block rewrites one only after the next cluster sync, which
+/// every block reaches only once it has read the exchange before.
+template <typename S>
+struct ClusterRow {
+  using R = typename ComputeOf<S>::R;
+  const S* src;   // the block's slice, src[c - c0]
+  int64_t base, c0, c1;
+  BlockScratch<R>* scratch;
+  ClusterSlot<R>* slots;  // [2], in this block's shared memory
+  int* turn;              // which buffer the next exchange uses (same in every block)
+  unsigned rank, ranks;
+  template <typename F> __device__ __forceinline__ void each(F&& f) const {
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) f(c, to_compute(src[c - c0]));
+  }
+  __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
+  __device__ __forceinline__ bool leader() const { return rank == 0 && threadIdx.x == 0; }
+  /// Publishes n values (and an index) and returns the slot buffer to read.
+  __device__ __forceinline__ ClusterSlot<R>* publish(const R* v, int n, int64_t am) const {
+    ClusterSlot<R>* slot = slots + *turn;
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int i = 0; i < 5; ++i) {
+        if (i < n) slot->v[i] = v[i];
+      }
+      slot->am = am;
+    }
+    cooperative_groups::this_cluster().sync();
+    return slot;
+  }
+  __device__ void done() const {
+    __syncthreads();  // every thread has read *turn
+    if (threadIdx.x == 0) *turn ^= 1;
+    __syncthreads();
+  }
+  __device__ R sum(R s) const {
+    s = block_sum(s, scratch->r);
+    ClusterSlot<R>* slot = publish(&s, 1, 0);
+    R t = R(0);
+    for (unsigned q = 0; q < ranks; ++q) {
+      t += cooperative_groups::this_cluster().map_shared_rank(slot, q)->v[0];
+    }
+    done();
+    return t;
+  }
+  __device__ void reduce(Stats<R>& st, bool extra) const {
+    R v[5] = {st.sum, st.other_y, st.other_m, st.wsum, st.qsum};
+    const int n = extra ? 5 : 3;
+#pragma unroll
+    for (int i = 0; i < 5; ++i) {
+      if (i < n) v[i] = block_sum(v[i], scratch->r);
+    }
+    ClusterSlot<R>* slot = publish(v, n, 0);
+    R t[5] = {R(0), R(0), R(0), R(0), R(0)};
+    for (unsigned q = 0; q < ranks; ++q) {
+      const ClusterSlot<R>* o = cooperative_groups::this_cluster().map_shared_rank(slot, q);
+#pragma unroll
+      for (int i = 0; i < 5; ++i) {
+        if (i < n) t[i] += o->v[i];
+      }
+    }
+    done();
+    st.sum = t[0];
+    st.other_y = t[1];
+    st.other_m = t[2];
+    if (extra) {
+      st.wsum = t[3];
+      st.qsum = t[4];
+    }
+  }
+  __device__ void max(R& mx, int64_t& am) const {
+    BlockRow<S>{nullptr, 0, 0, scratch}.max(mx, am);
+    ClusterSlot<R>* slot = publish(&mx, 1, am);
+    R best = -m::inf<R>();
+    int64_t best_i = kNoIndex;
+    for (unsigned q = 0; q < ranks; ++q) {
+      const ClusterSlot<R>* o = cooperative_groups::this_cluster().map_shared_rank(slot, q);
+      if (m::takes_max(o->v[0], o->am, best, best_i)) { best = o->v[0]; best_i = o->am; }
+    }
+    done();
+    mx = best;
+    am = best_i;
+  }
+};
+#endif
+
 /// One thread, one position (o, s): class c at x[base + c * inner].
 template <typename S>
 struct ThreadRow {
@@ -188,6 +302,7 @@ struct ThreadRow {
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c * inner; }
   __device__ __forceinline__ bool leader() const { return true; }
   __device__ __forceinline__ R sum(R s) const { return s; }
+  __device__ __forceinline__ void reduce(Stats<R>&, bool) const {}
   __device__ __forceinline__ void max(R&, int64_t&) const {}
 };
 
@@ -256,13 +371,7 @@ __device__ void process_row(const Row& row, const Params& P, const Consts<typena
     }
     m::accumulate(st, extra, c, y, am, d, e, wc, q, k.keep, k.spread);
   });
-  st.sum = row.sum(st.sum);
-  st.other_y = row.sum(st.other_y);
-  st.other_m = row.sum(st.other_m);
-  if (extra != Extra::none) {
-    st.wsum = row.sum(st.wsum);
-    st.qsum = row.sum(st.qsum);
-  }
+  row.reduce(st, extra != Extra::none);
   const R logsum = m::log1p_r(st.other_m);
 
   // The loss.
@@ -340,6 +449,20 @@ __device__ Consts<typename ComputeOf<S>::R> make_consts(const Params& P, double*
 
 // ---- kernels ---------------------------------------------------------------------------------
 
+/// Copies n elements of storage S from global to shared memory (16-byte loads when both ends
+/// allow them).
+template <typename S>
+__device__ void stage_copy(S* dst, const S* src, int64_t n) {
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(S));
+  if ((reinterpret_cast<uintptr_t>(src) & 15) == 0 && (bytes & 15) == 0) {
+    const uint4* s4 = reinterpret_cast<const uint4*>(src);
+    uint4* d4 = reinterpret_cast<uint4*>(dst);
+    for (int64_t i = threadIdx.x; i < bytes / 16; i += blockDim.x) d4[i] = s4[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+  }
+}
+
 /// Writes the block's two loss sums to the workspace.
 __device__ __forceinline__ void write_partial(Workspace* ws, double a, double b) {
   ws->partial[blockIdx.x][0] = a;
@@ -370,7 +493,7 @@ rows_warp_kernel(Params P) {
 }
 
 template <typename S, bool kStaged>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kBlockThreads, 1)
 rows_block_kernel(Params P) {
   using R = typename ComputeOf<S>::R;
   extern __shared__ __align__(16) unsigned char stage[];
@@ -385,20 +508,51 @@ rows_block_kernel(Params P) {
     if (kStaged && !P.nll) {  // nll reads x[y] alone
       S* s = reinterpret_cast<S*>(stage);
       __syncthreads();  // the previous row is no longer read
-      const int64_t bytes = C * static_cast<int64_t>(sizeof(S));
-      if ((reinterpret_cast<uintptr_t>(x) & 15) == 0 && (bytes & 15) == 0) {
-        const uint4* src = reinterpret_cast<const uint4*>(x);
-        uint4* dst = reinterpret_cast<uint4*>(s);
-        for (int64_t i = threadIdx.x; i < bytes / 16; i += blockDim.x) dst[i] = src[i];
-      } else {
-        for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s[i] = x[i];
-      }
+      stage_copy(s, x, C);
       __syncthreads();
       row.src = s;
     }
     process_row<S>(row, P, k, r, acc, acc_nll);
   }
   if (threadIdx.x == 0) write_partial(P.ws, acc, acc_nll);
+}
+
+/// Rows too long for one block's shared memory, on sm_90: a cluster of `gridDim.x / clusters`
+/// blocks per row, each staging a slice of `slice` classes. Rows go to clusters round robin.
+template <typename S>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+rows_cluster_kernel(Params P, int64_t slice) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using R = typename ComputeOf<S>::R;
+  extern __shared__ __align__(16) unsigned char stage[];
+  __shared__ double scratch[32];
+  __shared__ BlockScratch<R> red;
+  __shared__ ClusterSlot<R> slots[2];
+  __shared__ int turn;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank(), ranks = cluster.num_blocks();
+  if (threadIdx.x == 0) turn = 0;
+  const Consts<R> k = make_consts<S>(P, scratch);  // (its block_sum syncs the block)
+  const int64_t C = P.channels;
+  const int64_t c0 = static_cast<int64_t>(rank) * slice;
+  const int64_t c1 = c0 + slice < C ? c0 + slice : C;
+  const int64_t clusters = gridDim.x / ranks;
+  S* s = reinterpret_cast<S*>(stage);
+  double acc = 0.0, acc_nll = 0.0;
+  for (int64_t r = blockIdx.x / ranks; r < P.outer; r += clusters) {
+    const S* x = static_cast<const S*>(P.x) + r * C;
+    __syncthreads();  // the previous row is no longer read
+    if (!P.nll && c1 > c0) stage_copy(s, x + c0, c1 - c0);
+    __syncthreads();
+    ClusterRow<S> row{s, r * C, c0, c1 > c0 ? c1 : c0, &red, slots, &turn, rank, ranks};
+    process_row<S>(row, P, k, r, acc, acc_nll);
+  }
+  if (threadIdx.x == 0) write_partial(P.ws, acc, acc_nll);
+  cluster.sync();  // no block leaves while another may still read its slots
+#else
+  __trap();  // never launched: the host checks the binary's architecture first
+#endif
 }
 
 template <typename S>
@@ -508,6 +662,69 @@ void launch_warp_rows(const Params& P, int grid, cudaStream_t stream) {
   rows_warp_kernel<S, K><<<grid, kRowsWarps * 32, 0, stream>>>(P);
 }
 
+/// Blocks of one cluster and classes per block for a row of C classes (0: no cluster).
+struct ClusterShape {
+  int ranks = 0;
+  int64_t slice = 0;
+};
+template <typename S>
+ClusterShape cluster_shape(int64_t C) {
+  constexpr int64_t per_vec = 16 / static_cast<int64_t>(sizeof(S));
+  for (int ranks = 2; ranks <= kClusterMax; ranks *= 2) {
+    int64_t slice = (C + ranks - 1) / ranks;
+    slice = (slice + per_vec - 1) / per_vec * per_vec;  // slices start 16-byte aligned
+    if (slice * static_cast<int64_t>(sizeof(S)) <= kClusterStageBytes) return {ranks, slice};
+  }
+  return {};
+}
+
+/// Launches rows_cluster_kernel when the device and the binary are sm_90 or newer and the row
+/// fits a cluster's shared memory; returns its grid, or 0 when the caller falls back.
+template <typename S>
+int launch_cluster(const Params& P, cudaStream_t stream) {
+  const ClusterShape cs = cluster_shape<S>(P.channels);
+  if (cs.ranks == 0) return 0;
+  // A refused query or launch is not the call's error: it is cleared and the caller falls back.
+  auto refuse = [] { (void)cudaGetLastError(); return 0; };
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      major < 9) {
+    return refuse();
+  }
+  cudaFuncAttributes fa{};
+  if (cudaFuncGetAttributes(&fa, rows_cluster_kernel<S>) != cudaSuccess || fa.binaryVersion < 90) {
+    return refuse();
+  }
+  const size_t smem = static_cast<size_t>(cs.slice) * sizeof(S);
+  if (cudaFuncSetAttribute(rows_cluster_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)) != cudaSuccess) {
+    return refuse();
+  }
+  const int64_t rows = P.outer;
+  const int64_t clusters_max = kMaxBlocks / cs.ranks;
+  const int64_t clusters = rows < clusters_max ? rows : clusters_max;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(clusters * cs.ranks));
+  cfg.blockDim = dim3(kBlockThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cs.ranks);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int active = 0;
+  if (cudaOccupancyMaxActiveClusters(&active, rows_cluster_kernel<S>, &cfg) != cudaSuccess ||
+      active < 1) {
+    return refuse();
+  }
+  if (cudaLaunchKernelEx(&cfg, rows_cluster_kernel<S>, P, cs.slice) != cudaSuccess) return refuse();
+  return static_cast<int>(clusters * cs.ranks);
+}
+
 template <typename S>
 int launch_main(const Params& P, cudaStream_t stream) {
   const int64_t rows = P.outer * P.inner;
@@ -537,9 +754,10 @@ int launch_main(const Params& P, cudaStream_t stream) {
                            static_cast<int>(kStageBytes));
     }
     rows_block_kernel<S, true><<<grid, kBlockThreads, smem, stream>>>(P);
-  } else {
-    rows_block_kernel<S, false><<<grid, kBlockThreads, 0, stream>>>(P);
+    return grid;
   }
+  if (const int g = launch_cluster<S>(P, stream)) return g;
+  rows_block_kernel<S, false><<<grid, kBlockThreads, 0, stream>>>(P);
   return grid;
 }
 

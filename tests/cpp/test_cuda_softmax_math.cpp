@@ -43,12 +43,29 @@ struct Call {
   T* loss = nullptr;
 };
 
-/// Threads sharing one row, as launch_main chooses them.
+/// How one row is split: `ranks` blocks (a cluster) of `threads` threads, block q holding classes
+/// [q * slice, (q + 1) * slice), thread t of a block the classes t, t + threads, ... of its slice.
+struct Layout {
+  int threads = 1;
+  int ranks = 1;
+  int64_t slice = 0;  // 0: the whole row
+};
+
+/// The layout launch_main chooses without a cluster: positions kernel, warp per row, block per row.
 template <typename T>
-int threads_for(int64_t channels, int64_t inner) {
-  if (inner > 1 || channels == 0) return 1;                      // positions kernel
-  if (channels <= (sizeof(T) == 8 ? 512 : 1024)) return 32;     // warp per row
-  return 512;                                                    // block per row
+Layout layout_for(int64_t channels, int64_t inner) {
+  if (inner > 1 || channels == 0) return {1, 1, 0};
+  if (channels <= (sizeof(T) == 8 ? 512 : 1024)) return {32, 1, 0};
+  return {512, 1, 0};
+}
+
+/// The cluster layout of rows_cluster_kernel (cluster_shape without the size threshold).
+template <typename T>
+Layout cluster_layout(int64_t channels, int ranks) {
+  const int64_t per_vec = 16 / static_cast<int64_t>(sizeof(T));
+  int64_t slice = (channels + ranks - 1) / ranks;
+  slice = (slice + per_vec - 1) / per_vec * per_vec;
+  return {512, ranks, slice};
 }
 
 /// warp_sum: every lane adds its xor partner's value, for o = 16, 8, 4, 2, 1.
@@ -82,10 +99,12 @@ R tree_sum(const std::vector<R>& per_thread) {
 
 /// The kernel's process_row for every position; returns {sum of losses, nll part} in double.
 template <typename T>
-std::pair<double, double> emulate(const Call<T>& P) {
+std::pair<double, double> emulate(const Call<T>& P, Layout lay = {0, 0, 0}) {
   using R = T;  // float32 storage computes in float, float64 in double
   const int64_t C = P.channels, inner = P.inner;
-  const int threads = threads_for<T>(C, inner);
+  if (lay.threads == 0) lay = layout_for<T>(C, inner);
+  const int threads = lay.threads, ranks = lay.ranks;
+  const int64_t slice = lay.slice > 0 ? lay.slice : C;
   const R nan = std::numeric_limits<R>::quiet_NaN();
   const double eps = P.smoothing > 0.0 ? P.smoothing : 0.0;
   const R keep = static_cast<R>(1.0 - eps);
@@ -132,24 +151,37 @@ std::pair<double, double> emulate(const Call<T>& P) {
     const bool posinf = mx == m::inf<R>();
     R zy = R(0);
     if (y >= 0) zy = m::shifted(P.x[at(y)], mx, posinf);
-    std::vector<Stats<R>> st(static_cast<size_t>(threads));
-    for (int t = 0; t < threads; ++t) {
-      for (int64_t c = t; c < C; c += threads) {
+    std::vector<Stats<R>> st(static_cast<size_t>(threads * ranks));
+    for (int q = 0; q < ranks; ++q) {
+     const int64_t c0 = q * slice, c1 = std::min(C, c0 + slice);
+     for (int t = 0; t < threads; ++t) {
+      for (int64_t c = c0 + t; c < c1; c += threads) {
         const R v = P.x[at(c)];
         const R d = m::shifted(v, mx, posinf);
         const R e = m::exp_r(d);
-        R w = R(1), q = R(0);
+        R w = R(1), qv = R(0);
         if (extra != Extra::none) {
           w = wt(c);
-          if (extra == Extra::soft) q = P.soft[at(c)];
+          if (extra == Extra::soft) qv = P.soft[at(c)];
         }
-        m::accumulate(st[t], extra, c, y, am, d, e, w, q, keep, spread);
+        m::accumulate(st[q * threads + t], extra, c, y, am, d, e, w, qv, keep, spread);
       }
+     }
     }
+    // Each block's tree, then the blocks in rank order (from 0, as ClusterRow adds them).
     auto field = [&](R Stats<R>::*f) {
-      std::vector<R> v(st.size());
-      for (size_t t = 0; t < st.size(); ++t) v[t] = st[t].*f;
-      return tree_sum(v);
+      if (ranks == 1) {
+        std::vector<R> v(st.size());
+        for (size_t t = 0; t < st.size(); ++t) v[t] = st[t].*f;
+        return tree_sum(v);
+      }
+      R total = R(0);
+      for (int q = 0; q < ranks; ++q) {
+        std::vector<R> v(static_cast<size_t>(threads));
+        for (int t = 0; t < threads; ++t) v[t] = st[q * threads + t].*f;
+        total += tree_sum(v);
+      }
+      return total;
     };
     Stats<R> tot;
     tot.sum = field(&Stats<R>::sum);
@@ -474,6 +506,64 @@ TYPED_TEST(CudaSoftmaxMath, SoftmaxCrossEntropyWithLogits) {
     SCOPED_TRACE(::testing::Message() << "C=" << sh.C << " inner=" << sh.inner);
     EXPECT_TRUE(close_all(eloss, loss, rtol<T>(), atol<T>(), "loss"));
     EXPECT_TRUE(close_all(egrad, grad, rtol<T>(), atol<T>(), "grad"));
+  }
+}
+
+/// The cluster layout (rows split over 2..8 blocks): class-index cross entropy with smoothing and
+/// weights, probability targets and softmax outputs against the CPU.
+TYPED_TEST(CudaSoftmaxMath, ClusterLayout) {
+  using T = TypeParam;
+  std::mt19937_64 rng(std::random_device{}());
+  const Shape shapes[] = {{5, 3000, 1}, {3, 30000, 1}};
+  for (const Shape& sh : shapes) {
+    for (int ranks : {2, 4, 8}) {
+      const Layout lay = cluster_layout<T>(sh.C, ranks);
+      SCOPED_TRACE(::testing::Message() << "C=" << sh.C << " ranks=" << ranks);
+      auto d = make_data<T>(rng, sh.outer, sh.C, sh.inner, true, 7, true);
+      const size_t n = d.x.size(), np = static_cast<size_t>(d.positions());
+      {
+        std::vector<T> loss(np), grad(n), prob(n), eloss(np), egrad(n);
+        xentkit::CrossEntropyOptions opt;
+        opt.ignore_index = 7;
+        opt.reduction = xentkit::Reduction::sum;
+        opt.label_smoothing = 0.1;
+        xentkit::cross_entropy(d.x.data(), d.labels.data(), d.outer, d.C, d.inner,
+                               d.weight.data(), loss.data(), grad.data(), opt);
+        Call<T> P;
+        P.x = d.x.data();
+        P.labels = d.labels.data();
+        P.weight = d.weight.data();
+        P.outer = d.outer, P.channels = d.C, P.inner = d.inner;
+        P.has_ignore = true, P.ignore = 7;
+        P.smoothing = 0.1;
+        P.diff = egrad.data();
+        P.loss = eloss.data();
+        emulate(P, lay);
+        EXPECT_TRUE(close_all(eloss, loss, rtol<T>(), atol<T>(), "loss"));
+        EXPECT_TRUE(close_all(egrad, grad, rtol<T>(), atol<T>(), "grad"));
+      }
+      {
+        std::vector<T> loss(np), grad(n), eloss(np), egrad(n), prob(n), eprob(n), logp(n),
+            elogp(n);
+        xentkit::softmax_cross_entropy_with_logits(d.soft.data(), d.x.data(), d.outer, d.C,
+                                                   d.inner, loss.data(), grad.data());
+        xentkit::softmax(d.x.data(), d.outer, d.C, d.inner, prob.data());
+        xentkit::log_softmax(d.x.data(), d.outer, d.C, d.inner, logp.data());
+        Call<T> P;
+        P.x = d.x.data();
+        P.soft = d.soft.data();
+        P.outer = d.outer, P.channels = d.C, P.inner = d.inner;
+        P.diff = egrad.data();
+        P.loss = eloss.data();
+        P.prob = eprob.data();
+        P.log_prob = elogp.data();
+        emulate(P, lay);
+        EXPECT_TRUE(close_all(eloss, loss, rtol<T>(), atol<T>(), "loss"));
+        EXPECT_TRUE(close_all(egrad, grad, rtol<T>(), atol<T>(), "grad"));
+        EXPECT_TRUE(close_all(eprob, prob, rtol<T>(), 1e-300, "softmax"));
+        EXPECT_TRUE(close_all(elogp, logp, rtol<T>(), atol<T>(), "log_softmax"));
+      }
+    }
   }
 }
 

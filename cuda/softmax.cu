@@ -3,14 +3,19 @@
 //
 // Kernel choice (all launches on the caller's stream, grids fixed by the shape alone):
 //   * inner == 1 ("rows", the class axis contiguous):
-//       - C <= 1024: one warp per row, the row held in registers (K = 1..32 values per lane,
-//         class c = j * 32 + lane), four rows per block at a time; float64 up to 512 classes. x is read once.
-//       - larger C whose row fits kStageBytes: one block per row, the row copied (16-byte loads
-//         when aligned) into dynamic shared memory in its storage type, so x is read from global
-//         memory once and every output written once.
-//       - larger rows (up to the 256k-class vocabularies): one block per row that sweeps x in
-//         global memory three times (max, statistics, outputs); the second and third sweeps
-//         mostly hit L2. No register arrays, so nothing spills.
+//       - C <= 1024 (float64: 512): one warp per row, the row held in registers (K = 1..32
+//         values per lane, class c = j * 32 + lane: every load and store is one coalesced
+//         128-byte access per warp), four rows per block at a time. x is read once.
+//       - larger C whose row fits kStageBytes (96 KiB): one block per row, the row copied into
+//         dynamic shared memory in its storage type (16-byte loads when aligned), so x is read
+//         from global memory once and every output written once.
+//       - longer rows (the 128k-256k vocabularies) on sm_90: a thread-block cluster of 2..8
+//         blocks per row, each block staging a slice (up to 160 KiB) in its shared memory; the
+//         blocks exchange their partial max and sums through distributed shared memory. Chosen at
+//         run time from the device's compute capability and the binary's architecture.
+//       - otherwise (sm_80, or rows beyond 8 x 160 KiB): one block per row that sweeps x in global
+//         memory three times (max, statistics, outputs); the later sweeps mostly hit L2.
+//     No layout keeps a register array it cannot hold, so nothing spills.
 //   * inner > 1 ("positions", e.g. (N, C, H, W)): one thread per position, looping over the
 //     channels with stride inner (coalesced across the threads of a warp), three sweeps.
 // Every layout runs the same per-row algorithm (process_row): the max and its first index;
@@ -124,7 +129,8 @@ struct WarpRow {
   R v[K];
   int64_t base, C;
   int lane;
-  __device__ WarpRow(const Params& P, int64_t row, int ln) : base(row * P.channels), C(P.channels), lane(ln) {
+  __device__ WarpRow(const Params& P, int64_t row, int ln)
+      : base(row * P.channels), C(P.channels), lane(ln) {
     const S* x = static_cast<const S*>(P.x) + base;
 #pragma unroll
     for (int j = 0; j < K; ++j) {
@@ -142,7 +148,9 @@ struct WarpRow {
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
   __device__ __forceinline__ bool leader() const { return lane == 0; }
   __device__ __forceinline__ R sum(R s) const { return warp_sum(s); }
-  __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const { reduce_fields(*this, st, extra); }
+  __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const {
+    reduce_fields(*this, st, extra);
+  }
   __device__ __forceinline__ void max(R& mx, int64_t& am) const {
     for (int o = 16; o > 0; o >>= 1) {
       const R m2 = __shfl_xor_sync(0xffffffffu, mx, o);
@@ -173,7 +181,9 @@ struct BlockRow {
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
   __device__ __forceinline__ bool leader() const { return threadIdx.x == 0; }
   __device__ __forceinline__ R sum(R s) const { return block_sum(s, scratch->r); }
-  __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const { reduce_fields(*this, st, extra); }
+  __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const {
+    reduce_fields(*this, st, extra);
+  }
   __device__ void max(R& mx, int64_t& am) const {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     auto warp_arg = [](R& a, int64_t& ai) {
@@ -750,8 +760,9 @@ int launch_main(const Params& P, cudaStream_t stream) {
   if (bytes <= kStageBytes) {
     const size_t smem = static_cast<size_t>((bytes + 15) / 16 * 16);
     if (smem > 48 * 1024) {
-      (void)cudaFuncSetAttribute(rows_block_kernel<S, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kStageBytes));
+      (void)cudaFuncSetAttribute(rows_block_kernel<S, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(kStageBytes));
     }
     rows_block_kernel<S, true><<<grid, kBlockThreads, smem, stream>>>(P);
     return grid;

@@ -136,7 +136,8 @@ std::pair<double, double> emulate(const Call<T>& P, Layout lay = {0, 0, 0}) {
         l = nan;
       }
       if (P.diff) {
-        for (int64_t c = 0; c < C; ++c) P.diff[at(c)] = (bad || c == y) ? (bad ? nan : -scale * wy) : R(0);
+        const R gy = bad ? nan : -scale * wy;
+        for (int64_t c = 0; c < C; ++c) P.diff[at(c)] = (bad || c == y) ? gy : R(0);
       }
       if (P.loss) P.loss[pos] = l;
       acc += l;
@@ -153,20 +154,20 @@ std::pair<double, double> emulate(const Call<T>& P, Layout lay = {0, 0, 0}) {
     if (y >= 0) zy = m::shifted(P.x[at(y)], mx, posinf);
     std::vector<Stats<R>> st(static_cast<size_t>(threads * ranks));
     for (int q = 0; q < ranks; ++q) {
-     const int64_t c0 = q * slice, c1 = std::min(C, c0 + slice);
-     for (int t = 0; t < threads; ++t) {
-      for (int64_t c = c0 + t; c < c1; c += threads) {
-        const R v = P.x[at(c)];
-        const R d = m::shifted(v, mx, posinf);
-        const R e = m::exp_r(d);
-        R w = R(1), qv = R(0);
-        if (extra != Extra::none) {
-          w = wt(c);
-          if (extra == Extra::soft) qv = P.soft[at(c)];
+      const int64_t c0 = q * slice, c1 = std::min(C, c0 + slice);
+      for (int t = 0; t < threads; ++t) {
+        for (int64_t c = c0 + t; c < c1; c += threads) {
+          const R v = P.x[at(c)];
+          const R d = m::shifted(v, mx, posinf);
+          const R e = m::exp_r(d);
+          R w = R(1), qv = R(0);
+          if (extra != Extra::none) {
+            w = wt(c);
+            if (extra == Extra::soft) qv = P.soft[at(c)];
+          }
+          m::accumulate(st[q * threads + t], extra, c, y, am, d, e, w, qv, keep, spread);
         }
-        m::accumulate(st[q * threads + t], extra, c, y, am, d, e, w, qv, keep, spread);
       }
-     }
     }
     // Each block's tree, then the blocks in rank order (from 0, as ClusterRow adds them).
     auto field = [&](R Stats<R>::*f) {
@@ -263,7 +264,9 @@ Data<T> make_data(std::mt19937_64& rng, int64_t outer, int64_t C, int64_t inner,
   for (int64_t pos = 0; pos < d.positions(); ++pos) {
     const int64_t o = pos / inner, s = pos % inner;
     double tot = 0.0;
-    for (int64_t c = 0; c < C; ++c) tot += (d.soft[(o * C + c) * inner + s] = static_cast<T>(ud(rng)));
+    for (int64_t c = 0; c < C; ++c) {
+      tot += (d.soft[(o * C + c) * inner + s] = static_cast<T>(ud(rng)));
+    }
     for (int64_t c = 0; c < C; ++c) d.soft[(o * C + c) * inner + s] /= static_cast<T>(tot);
   }
   d.weight.resize(static_cast<size_t>(C));
@@ -391,7 +394,8 @@ TYPED_TEST(CudaSoftmaxMath, CrossEntropyProbabilityTargets) {
         P.diff = egrad.data();
         P.loss = eloss.data();
         emulate(P);
-        SCOPED_TRACE(::testing::Message() << "C=" << sh.C << " inner=" << sh.inner << " eps=" << eps);
+        SCOPED_TRACE(::testing::Message()
+                     << "C=" << sh.C << " inner=" << sh.inner << " eps=" << eps);
         EXPECT_TRUE(close_all(eloss, loss, rtol<T>(), atol<T>(), "loss"));
         EXPECT_TRUE(close_all(egrad, grad, rtol<T>(), atol<T>(), "grad"));
       }

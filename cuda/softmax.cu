@@ -5,7 +5,7 @@
 //   * inner == 1 ("rows", the class axis contiguous):
 //       - C <= 1024 (float64: 512): one warp per row, the row held in registers (K = 1..32
 //         values per lane, class c = j * 32 + lane: every load and store is one coalesced
-//         128-byte access per warp), four rows per block at a time. x is read once.
+//         128-byte access per warp), eight rows per block at a time. x is read once.
 //       - larger C whose row fits kStageBytes (96 KiB): one block per row, the row copied into
 //         dynamic shared memory in its storage type (16-byte loads when aligned), so x is read
 //         from global memory once and every output written once.
@@ -42,7 +42,7 @@ namespace m = math;
 using m::Extra;
 using m::Stats;
 
-constexpr int kRowsWarps = 4;             // warps per block of the warp-per-row kernel
+constexpr int kRowsWarps = 8;             // warps per block of the warp-per-row kernel
 constexpr int kBlockThreads = 512;        // threads of the block-per-row kernel
 constexpr int kPosThreads = 256;          // threads of the positions and pre-pass kernels
 constexpr int64_t kStageBytes = 96 * 1024;  // largest row staged in shared memory
@@ -479,8 +479,17 @@ __device__ __forceinline__ void write_partial(Workspace* ws, double a, double b)
   ws->partial[blockIdx.x][1] = b;
 }
 
+/// Resident blocks per SM the warp kernel is compiled for: four (64 registers a thread) for short
+/// float rows, so that the 512 blocks of a large call run in one wave on a 132-SM device; two
+/// (128 registers) for longer rows and float64, one for the longest float64 rows.
 template <typename S, int K>
-__global__ void __launch_bounds__(kRowsWarps * 32, 1)
+constexpr int warp_kernel_blocks() {
+  if (sizeof(typename ComputeOf<S>::R) == 8) return K >= 16 ? 1 : 2;
+  return K >= 16 ? 2 : 4;
+}
+
+template <typename S, int K>
+__global__ void __launch_bounds__(kRowsWarps * 32, (warp_kernel_blocks<S, K>()))
 rows_warp_kernel(Params P) {
   using R = typename ComputeOf<S>::R;
   __shared__ double scratch[32];

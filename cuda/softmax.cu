@@ -697,7 +697,8 @@ ClusterShape cluster_shape(int64_t C) {
   return {};
 }
 
-/// Launches rows_cluster_kernel when the device and the binary are sm_90 or newer and the row
+/// Launches rows_cluster_kernel when the device is sm_90 or newer, the kernel was compiled for
+/// compute_90 or newer (not JIT-compiled from older PTX, where its body is empty), and the row
 /// fits a cluster's shared memory; returns its grid, or 0 when the caller falls back.
 template <typename S>
 int launch_cluster(const Params& P, cudaStream_t stream) {
@@ -712,7 +713,7 @@ int launch_cluster(const Params& P, cudaStream_t stream) {
     return refuse();
   }
   cudaFuncAttributes fa{};
-  if (cudaFuncGetAttributes(&fa, rows_cluster_kernel<S>) != cudaSuccess || fa.binaryVersion < 90) {
+  if (cudaFuncGetAttributes(&fa, rows_cluster_kernel<S>) != cudaSuccess || fa.ptxVersion < 90) {
     return refuse();
   }
   const size_t smem = static_cast<size_t>(cs.slice) * sizeof(S);

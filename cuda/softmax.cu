@@ -762,7 +762,7 @@ int launch_main(const Params& P, cudaStream_t stream) {
     else if (C <= 128) launch_warp_rows<S, 4>(P, grid, stream);
     else if (C <= 256) launch_warp_rows<S, 8>(P, grid, stream);
     else if (C <= 512) launch_warp_rows<S, 16>(P, grid, stream);
-    else launch_warp_rows<S, 32>(P, grid, stream);
+    else if constexpr (sizeof(S) != 8) launch_warp_rows<S, 32>(P, grid, stream);
     return grid;
   }
   const int grid = grid_for(rows, 1);

@@ -18,6 +18,11 @@
 //     No layout keeps a register array it cannot hold, so nothing spills.
 //   * inner > 1 ("positions", e.g. (N, C, H, W)): one thread per position, looping over the
 //     channels with stride inner (coalesced across the threads of a warp), three sweeps.
+// Launch sequence per call: zero the workspace's error record; for data-dependent divisors a
+// pre-pass over the labels (per-block counts and weight sums) and a one-block kernel combining
+// them into the divisor and the gradient scale; the main kernel; a one-block finalize kernel,
+// always last, writing the reduced loss and the error record. No host synchronization.
+//
 // Every layout runs the same per-row algorithm (process_row): the max and its first index;
 // e = exp(x - max) with the row's sums (sum, other than the label, other than the argmax,
 // smoothing / target sums), each thread summing its own classes in order and the threads
@@ -817,15 +822,17 @@ void launch(const SoftmaxPlan& plan, stream_t stream_handle) {
   P.ws = ws;
 
   const int64_t positions = plan.outer * plan.inner;
-  const bool device_divisor = plan.divide != Divide::constant;
+  // Data-dependent divisors of an empty call are known: max(1, 0) = 1, or a weight sum of 0.
+  const bool device_divisor = plan.divide != Divide::constant && positions > 0;
+  double divisor = plan.divisor;
+  if (plan.divide == Divide::caffe_valid && positions == 0) divisor = 1.0;
+  if (plan.divide == Divide::weight_sum && positions == 0) divisor = 0.0;
   with_storage(plan.storage, [&](auto traits) {
     using S = typename decltype(traits)::S;
     if (device_divisor) {
-      const int pre = positions > 0 ? grid_for(positions, kPosThreads) : 0;
-      if (pre > 0) {
-        prepass_kernel<S><<<pre, kPosThreads, 0, stream>>>(P);
-        check_launch("softmax");
-      }
+      const int pre = grid_for(positions, kPosThreads);
+      prepass_kernel<S><<<pre, kPosThreads, 0, stream>>>(P);
+      check_launch("softmax");
       divisor_kernel<<<1, 32, 0, stream>>>(ws, pre, plan.divide, plan.grad_output);
       check_launch("softmax");
       P.scale_ptr = &ws->scale;
@@ -835,7 +842,7 @@ void launch(const SoftmaxPlan& plan, stream_t stream_handle) {
       blocks = launch_main<S>(P, stream);
       check_launch("softmax");
     }
-    finalize_kernel<S><<<1, 32, 0, stream>>>(ws, blocks, device_divisor, plan.divisor,
+    finalize_kernel<S><<<1, 32, 0, stream>>>(ws, blocks, device_divisor, divisor,
                                              plan.split_terms, plan.reduced, plan.labels,
                                              plan.label_kind, plan.label_argument,
                                              plan.channels, plan.has_ignore, plan.ignore);

@@ -26,7 +26,9 @@ static_assert(elem::kThreads % 32 == 0 && elem::kThreads <= 1024, "block_sum nee
 /// Rounds a result of the compute type to the storage type (float first for the 16-bit types,
 /// as the CPU rounds its float results to float16).
 template <typename S> __device__ __forceinline__ S to_storage(float v) { return from_float<S>(v); }
-template <typename S> __device__ __forceinline__ S to_storage(double v) { return from_double<S>(v); }
+template <typename S> __device__ __forceinline__ S to_storage(double v) {
+  return from_double<S>(v);
+}
 
 /// One 16-byte vector of the storage type.
 template <typename S, int V>
@@ -66,6 +68,15 @@ __global__ void __launch_bounds__(elem::kThreads) element_kernel(const ElementAr
   static_assert(sizeof(P) == 16, "one chunk is one 16-byte vector");
   __shared__ double sum_scratch[32];
   __shared__ long long count_scratch[32];
+  // Probabilities: ~(index) of the block's first bad input (diff may overwrite x, so its value is
+  // kept here for the error record).
+  __shared__ unsigned long long block_bad_x;
+  if constexpr (Probabilities) {
+    if (threadIdx.x == 0) block_bad_x = 0ULL;
+    __syncthreads();
+  }
+  int64_t my_bad_x = -1;  // this thread's first bad input (its indices ascend)
+  R my_bad_value = R(0);
 
   const double scale = a.scale_ws != nullptr ? *a.scale_ws : a.scale;
   const int64_t chunks = elem::chunk_count(a.n, V);
@@ -110,6 +121,10 @@ __global__ void __launch_bounds__(elem::kThreads) element_kernel(const ElementAr
         if (Probabilities && e.bad != 0) {
           if (e.bad & 1) {
             flag_error(a.ws, i0 + k);
+            if (my_bad_x < 0) {
+              my_bad_x = i0 + k;
+              my_bad_value = xs[k];
+            }
           } else {
             atomicMax(target_error_slot(a.ws), ~static_cast<unsigned long long>(i0 + k));
           }
@@ -146,6 +161,16 @@ __global__ void __launch_bounds__(elem::kThreads) element_kernel(const ElementAr
     }
   }
 
+  if constexpr (Probabilities) {
+    // The block's first bad input and its value, into pre[b] (free once the scale is computed):
+    // the finalize kernel reads the value there from the block that owns the first bad input.
+    if (my_bad_x >= 0) atomicMax(&block_bad_x, ~static_cast<unsigned long long>(my_bad_x));
+    __syncthreads();
+    if (my_bad_x >= 0 && ~static_cast<unsigned long long>(my_bad_x) == block_bad_x) {
+      *reinterpret_cast<long long*>(&a.ws->pre[blockIdx.x][0]) = static_cast<long long>(my_bad_x);
+      a.ws->pre[blockIdx.x][1] = static_cast<double>(my_bad_value);
+    }
+  }
   const double block_loss = block_sum(acc, sum_scratch);
   const long long block_valid = block_sum(valid, count_scratch);
   if (threadIdx.x == 0) {
@@ -200,8 +225,9 @@ __global__ void __launch_bounds__(elem::kThreads)
 /// error record.
 template <typename S, typename R>
 __global__ void __launch_bounds__(elem::kThreads)
-    finalize_kernel(int blocks, Divide divide, double divisor, S* reduced, const S* x,
-                    const S* t, bool has_ignore, int64_t ignore, Workspace* ws) {
+    finalize_kernel(int blocks, Divide divide, double divisor, S* reduced, const S* t,
+                    bool has_ignore, int64_t ignore, Workspace* ws) {
+  constexpr int V = elem::chunk_elements(static_cast<int>(sizeof(S)));
   __shared__ double scratch[32];
   double sum = 0.0, count = 0.0;
   for (int b = threadIdx.x; b < blocks; b += blockDim.x) {
@@ -215,7 +241,8 @@ __global__ void __launch_bounds__(elem::kThreads)
   const double d = divide == Divide::caffe_valid ? elem::valid_divisor(count) : divisor;
   ws->divisor = d;
   const int64_t bad_x = first_error(ws);
-  const unsigned long long tslot = *const_cast<volatile unsigned long long*>(target_error_slot(ws));
+  const unsigned long long tslot =
+      *const_cast<volatile unsigned long long*>(target_error_slot(ws));
   const int64_t bad_t = tslot == 0ULL ? -1 : static_cast<int64_t>(~tslot);
   const bool bad = bad_x >= 0 || bad_t >= 0;
   if (reduced != nullptr) {
@@ -226,7 +253,15 @@ __global__ void __launch_bounds__(elem::kThreads)
   // As the CPU checks: every input first, then every target.
   const bool input = bad_x >= 0;
   const int64_t index = input ? bad_x : bad_t;
-  const double value = static_cast<double>(to_compute(input ? x[index] : t[index]));
+  // x may have been overwritten by the gradient: its value comes from the owner block's note.
+  double value = 0.0;
+  if (input) {
+    const int b = elem::owner_block(index, V, blocks);
+    const long long noted = *reinterpret_cast<const long long*>(&ws->pre[b][0]);
+    value = noted == index ? ws->pre[b][1] : elem::m_nan<double>();
+  } else {
+    value = static_cast<double>(to_compute(t[index]));
+  }
   ws->error = ~static_cast<unsigned long long>(index);
   ws->kind = 2;  // Status::bad_probability
   ws->argument = static_cast<int32_t>(input ? Argument::input : Argument::target);
@@ -295,7 +330,7 @@ void launch_typed(const ElementPlan& plan, cudaStream_t stream) {
     check_launch("elementwise");
   }
   finalize_kernel<S, R><<<1, elem::kThreads, 0, stream>>>(
-      n > 0 ? grid : 0, plan.divide, plan.divisor, static_cast<S*>(plan.reduced), x, t,
+      n > 0 ? grid : 0, plan.divide, plan.divisor, static_cast<S*>(plan.reduced), t,
       plan.has_ignore, plan.ignore, ws);
   check_launch("elementwise");
 }

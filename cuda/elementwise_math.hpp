@@ -32,6 +32,12 @@ XENTKIT_HD inline int grid_for(int64_t chunks) {
   return static_cast<int>(b < kMaxGrid ? b : kMaxGrid);
 }
 
+/// The block that handles element i.
+XENTKIT_HD inline int owner_block(int64_t i, int v, int grid) {
+  const int64_t g = (i / v) % (static_cast<int64_t>(grid) * kThreads);
+  return static_cast<int>(g / kThreads);
+}
+
 // ---- math helpers: the CUDA functions on the device, the std ones on the host -----------------
 
 XENTKIT_HD inline float m_exp(float v) {

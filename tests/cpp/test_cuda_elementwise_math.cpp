@@ -184,6 +184,7 @@ Reduced emulate_reduction(const std::vector<elem::Element>& es, int element_byte
           const int64_t i = c * v + k;
           if (i >= n) continue;
           ++seen[i];
+          EXPECT_EQ(elem::owner_block(i, v, r.grid), b);
           acc[j] += es[i].loss;
           r.abs_sum += std::fabs(es[i].loss);
           valid[j] += es[i].counted;

@@ -20,6 +20,7 @@
 
 #include "elementwise_math.hpp"
 #include "xentkit/errors.hpp"
+#include "xentkit/half.hpp"
 #include "xentkit/losses.hpp"
 
 namespace {
@@ -544,6 +545,94 @@ TYPED_TEST(CudaElementwiseMath, ReducedMeanMatchesOverTheBlockPartition) {
       EXPECT_TRUE(close<T>(static_cast<T>(r.sum / static_cast<double>(n)), mean,
                            r.abs_sum / static_cast<double>(n), sum_ulps<T>(n)));
     }
+  }
+}
+
+// ---- float16 storage: computed in float, each result rounded to float, then to float16 ---------
+
+/// Two float16 values at most `ulps` steps apart (NaN matches NaN; equal infinities match).
+::testing::AssertionResult half_close(xentkit::half got, xentkit::half want, int ulps) {
+  const float g = xentkit::to_float(got), w = xentkit::to_float(want);
+  if (std::isnan(g) || std::isnan(w)) {
+    if (std::isnan(g) && std::isnan(w)) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "got " << g << ", want " << w;
+  }
+  // Ordered integer images of the bit patterns: adjacent float16 values differ by 1.
+  auto ord = [](uint16_t b) { return (b & 0x8000) ? -int(b & 0x7fff) : int(b); };
+  if (std::abs(ord(got.bits) - ord(want.bits)) <= ulps) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "got " << g << ", want " << w;
+}
+
+TEST(CudaElementwiseMathHalf, LogitsAndCaffeLayerMatchInFloat16) {
+  using xentkit::half;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Gen gen(seed);
+  for (int trial = 0; trial < 12; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    const int64_t outer = 1 + gen.pick(8), inner = 1 + gen.pick(700);
+    const int64_t n = outer * inner;
+    const int64_t ignore = 255;
+    std::vector<half> x(n), t(n);
+    std::vector<float> xf(n), tf(n);
+    for (int64_t i = 0; i < n; ++i) {
+      double xv = gen.logit(true);
+      if (std::isfinite(xv) && std::fabs(xv) > 6e4) xv = 0.0;  // keep finite values finite
+      const double r = gen.u();
+      const double tv = r < 0.15 ? 255.0 : (r < 0.2 ? 255.5 : gen.target());
+      x[i] = xentkit::to_half(static_cast<float>(xv));
+      t[i] = xentkit::to_half(static_cast<float>(tv));
+      xf[i] = xentkit::to_float(x[i]);
+      tf[i] = xentkit::to_float(t[i]);
+    }
+    // pos_weight (float32 on the CPU): values that float16 holds exactly, as a device plan would.
+    std::vector<float> pv(inner);
+    for (auto& e : pv) {
+      e = xentkit::to_float(xentkit::to_half(static_cast<float>(gen.pos_weight())));
+    }
+    const Broadcast<float> pw = trial % 2 ? Broadcast<float>{pv.data(), 1, inner}
+                                          : Broadcast<float>{};
+
+    // binary_cross_entropy_with_logits, per element
+    xentkit::BinaryCrossEntropyOptions opt;
+    opt.reduction = xentkit::Reduction::none;
+    std::vector<half> loss(n), grad(n);
+    xentkit::binary_cross_entropy_with_logits(x.data(), t.data(), n, {}, pw, loss.data(),
+                                              grad.data(), opt);
+    const auto es = run_header(false, xf, tf, Broadcast<float>{}, pw, false, 0);
+    // With no weights the CPU's float kernel may take its vector path (a few float units off),
+    // which can tip a float16 rounding: one step allowed then, none otherwise.
+    const int ulps = pw.data ? 0 : 1;
+    for (int64_t i = 0; i < n; ++i) {
+      SCOPED_TRACE("i " + std::to_string(i) + " x " + std::to_string(xf[i]) + " t " +
+                   std::to_string(tf[i]));
+      EXPECT_TRUE(half_close(xentkit::to_half(static_cast<float>(es[i].loss)), loss[i], ulps));
+      EXPECT_TRUE(half_close(xentkit::to_half(elem::scaled_grad<float>(es[i], 1.0)), grad[i],
+                             ulps));
+    }
+
+    // sigmoid_cross_entropy_loss with an ignored label (255 and 255.5 are ignored)
+    xentkit::SigmoidCrossEntropyLossOptions copt;
+    copt.ignore_label = ignore;
+    copt.normalization = xentkit::Normalization::valid;
+    std::vector<float> finite_x(xf);
+    for (auto& v : finite_x) {
+      if (!std::isfinite(v)) v = 0.0f;
+    }
+    std::vector<half> xh(n), diff(n);
+    for (int64_t i = 0; i < n; ++i) xh[i] = xentkit::to_half(finite_x[i]);
+    const float reduced =
+        xentkit::sigmoid_cross_entropy_loss(xh.data(), t.data(), outer, n, diff.data(), copt);
+    const auto ce = run_header(false, finite_x, tf, Broadcast<float>{}, Broadcast<float>{}, true,
+                               ignore);
+    const Reduced r = emulate_reduction(ce, 2);
+    const double scale = 1.0 / elem::valid_divisor(r.count);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_TRUE(half_close(xentkit::to_half(elem::scaled_grad<float>(ce[i], scale)), diff[i],
+                             0));
+    }
+    EXPECT_TRUE(close<float>(static_cast<float>(r.sum / elem::valid_divisor(r.count)), reduced,
+                             r.abs_sum / elem::valid_divisor(r.count), sum_ulps<float>(n)));
   }
 }
 

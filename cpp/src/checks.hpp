@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <sstream>
 #include <string>
 
 #include "xentkit/errors.hpp"
@@ -37,6 +38,32 @@ inline void check_reduction(Reduction reduction) {
   if (r < 0 || r > 2) {
     throw value_error("reduction: expected none (0), mean (1) or sum (2), got " + std::to_string(r));
   }
+}
+
+/// The message of a probability outside [0, 1] (binary_cross_entropy): `precision` digits, the
+/// max_digits10 of the type the value was computed in.
+inline std::string probability_message(const char* what, double value, int precision,
+                                       int64_t index) {
+  std::ostringstream msg;
+  msg.precision(precision);
+  msg << what << ": expected every element in [0, 1], got " << value << " at flat index " << index;
+  return msg.str();
+}
+
+/// The error of a label to score along a class axis of length 0.
+inline value_error no_class_error(const char* scores, const char* argument, int64_t index) {
+  return value_error(std::string(scores) +
+                     ": expected at least one class along the class axis, got 0 classes with a "
+                     "label to score (" + argument + " at flat index " + std::to_string(index) +
+                     ")");
+}
+
+/// Label smoothing as PyTorch reads it: above 1 (or NaN) is an error, negative means none.
+inline double label_smoothing_of(double eps) {
+  if (eps != eps || eps > 1.0) {
+    throw value_error("label_smoothing: expected a value in [0, 1], got " + std::to_string(eps));
+  }
+  return eps > 0.0 ? eps : 0.0;
 }
 
 template <typename T>

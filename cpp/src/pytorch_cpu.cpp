@@ -22,11 +22,8 @@ template <typename T>
 void check_probabilities(const char* what, const T* v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     if (!(v[i] >= T(0) && v[i] <= T(1))) {  // false for NaN too
-      std::ostringstream msg;
-      msg.precision(std::numeric_limits<T>::max_digits10);
-      msg << what << ": expected every element in [0, 1], got " << static_cast<double>(v[i])
-          << " at flat index " << i;
-      throw value_error(msg.str());
+      throw value_error(detail::probability_message(what, static_cast<double>(v[i]),
+                                                    std::numeric_limits<T>::max_digits10, i));
     }
   }
 }
@@ -42,13 +39,7 @@ inline double reduce(Reduction reduction, double sum, double mean_divisor) {
   return reduction == Reduction::mean ? sum / mean_divisor : sum;
 }
 
-/// Label smoothing as PyTorch reads it: above 1 (or NaN) is an error, negative means none.
-inline double smoothing_of(double eps) {
-  if (std::isnan(eps) || eps > 1.0) {
-    throw value_error("label_smoothing: expected a value in [0, 1], got " + std::to_string(eps));
-  }
-  return eps > 0.0 ? eps : 0.0;
-}
+inline double smoothing_of(double eps) { return detail::label_smoothing_of(eps); }
 
 struct SoftmaxShape {
   int64_t positions;

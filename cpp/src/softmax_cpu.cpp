@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "checks.hpp"
 #include "half_bits.hpp"
 #include "kernels.hpp"
 #include "simd/fast.hpp"
@@ -596,10 +597,7 @@ int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
     const int64_t k = classify_label(labels[i], channels, has_ignore, ign);
     if (k == kInvalid) {
       if (channels == 0) {
-        throw value_error(std::string(scores) +
-                          ": expected at least one class along the class axis, got 0 classes "
-                          "with a label to score (" + argument + " at flat index " +
-                          std::to_string(i) + ")");
+        throw no_class_error(scores, argument, i);
       }
       throw make_label_error(argument, labels[i], i, channels, ignore);
     }

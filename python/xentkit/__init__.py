@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from . import _core
 from ._caffe import sigmoid_cross_entropy_loss, softmax_with_loss
-from ._errors import LabelError
+from ._errors import CudaUnavailableError, LabelError
 from ._tf import (sigmoid_cross_entropy_with_logits, softmax_cross_entropy_with_logits,
                   sparse_softmax_cross_entropy_with_logits)
 from ._torch import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
@@ -26,8 +26,12 @@ from ._torch import (binary_cross_entropy, binary_cross_entropy_with_logits, cro
 __version__ = _core.__version__
 
 _core._register_label_error(LabelError)
+_core._register_unavailable_error(CudaUnavailableError)
+DeviceArray = _core.DeviceArray
 
 __all__ = [
+    "CudaUnavailableError",
+    "DeviceArray",
     "LabelError",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",

@@ -28,10 +28,10 @@ def as_array(obj, name):
         return obj.view(np.ndarray)
     if isinstance(obj, (str, bytes, bytearray)) or obj is None:
         raise TypeError(f"{name}: expected an array, got {_describe(obj)}")
-    if hasattr(obj, "__cuda_array_interface__") and not hasattr(obj, "__array_interface__"):
+    if _is_device(obj):
         raise TypeError(
-            f"{name}: expected a host (CPU) array, got a CUDA device array ({_describe(obj)}); "
-            "this build of xentkit has no CUDA kernels for it")
+            f"{name}: expected a host (CPU) array like the call's main array, got a CUDA device "
+            f"array ({_describe(obj)}); device and host arrays cannot be mixed in one call")
     if hasattr(obj, "__array_interface__") or hasattr(obj, "__array__"):
         return np.asarray(obj)
     try:
@@ -39,6 +39,12 @@ def as_array(obj, name):
     except TypeError:
         raise TypeError(f"{name}: expected an array, got {_describe(obj)}") from None
     return np.asarray(view)
+
+
+def _is_device(obj):
+    from ._device import is_device_array
+
+    return is_device_array(obj)
 
 
 def compute_dtype(dtype):

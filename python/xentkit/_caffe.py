@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _core
+from . import _core, _device
 from ._errors import LabelError
 from ._arrays import (HALF, as_array, axis_value, contiguous, finish, gradient_output, half_flat,
                       half_view, ignore_value, label_array,
@@ -38,7 +38,8 @@ def _mode(normalization, normalize, default):
 
 
 def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalization=None,
-                               normalize=None, loss_weight=1.0, diff=True):
+                               normalize=None, loss_weight=1.0, diff=True, stream=None,
+                               sync=False):
     """Caffe's SigmoidCrossEntropyLoss layer: loss and diff from one fused pass.
 
     Parameters
@@ -56,12 +57,26 @@ def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalizat
     loss_weight : float. Scales the diff only (Caffe's top diff); the returned loss is unweighted.
     diff : True (new array), False/None (no gradient, nothing written), or a C-contiguous writable
         array of the scores' shape and dtype to write into (it may be ``scores`` itself).
+    stream : CUDA stream for device arrays (see the README section "CUDA"): an integer handle or
+        a stream object (CuPy ``.ptr``, PyTorch ``.cuda_stream``, ``__cuda_stream__``); default:
+        the producing library's current stream. Ignored for host arrays.
+    sync : bool, device arrays only. False (default): nothing waits for the device, and an error
+        only the device sees (a bad label, a probability outside [0, 1]) makes the outputs NaN.
+        True: waits for the stream and raises that error as the host path does.
 
     Returns
     -------
     (loss, diff): loss = sum(max(x, 0) - x*t + log1p(exp(-|x|))) / max(1, Z) as a Python float;
     diff = loss_weight * (sigmoid(x) - t) / max(1, Z), 0 at ignored elements, or None.
+    On CUDA device arrays (targets of the scores' dtype) the loss is a 0-d device array of the
+    scores' dtype and diff a device array, both of the scores' kind (torch, cupy, ...).
     """
+    if _device.is_device_array(scores):
+        return _device.sigmoid_cross_entropy_loss(
+            scores, targets, ignore=ignore_value(ignore_label),
+            mode=_mode(normalization, normalize, "batch_size"),
+            loss_weight=real_value(loss_weight, "loss_weight"), diff=diff, stream=stream,
+            sync=sync)
     x0 = as_array(scores, "scores")
     t0 = as_array(targets, "targets")
     cdt = real_dtype_for(x0, "scores")
@@ -103,7 +118,8 @@ def _diff_output(diff, scores, compute_dt, inputs):
 
 
 def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalization=None,
-                      normalize=None, loss_weight=1.0, diff=True, prob=False):
+                      normalize=None, loss_weight=1.0, diff=True, prob=False, stream=None,
+                      sync=False):
     """Caffe's SoftmaxWithLoss layer: softmax over `axis`, then the multinomial logistic loss.
 
     Parameters
@@ -123,13 +139,29 @@ def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalizatio
     diff : True | False | None | array (may be ``scores`` itself), as in
         :func:`sigmoid_cross_entropy_loss`.
     prob : bool. Also return the softmax probabilities (Caffe's second top).
+    stream : CUDA stream for device arrays (see the README section "CUDA"): an integer handle or
+        a stream object (CuPy ``.ptr``, PyTorch ``.cuda_stream``, ``__cuda_stream__``); default:
+        the producing library's current stream. Ignored for host arrays.
+    sync : bool, device arrays only. False (default): nothing waits for the device, and an error
+        only the device sees (a bad label, a probability outside [0, 1]) makes the outputs NaN.
+        True: waits for the stream and raises that error as the host path does.
 
     Returns
     -------
     (loss, diff) or (loss, diff, prob): loss = sum over valid positions of
     -log(max(p[label], FLT_MIN)) / max(1, Z), from the log-sum-exp (so at most 87.3365);
     diff = loss_weight * (p - onehot(label)) / max(1, Z), all channels 0 at ignored positions.
+    On CUDA device arrays (labels of an integer dtype, float32 or float64) the loss is a 0-d
+    device array of the scores' dtype; diff and prob are device arrays of the scores' kind.
     """
+    if _device.is_device_array(scores):
+        if not isinstance(prob, (bool, np.bool_)):
+            raise TypeError(f"prob: expected True or False, got {prob!r}")
+        return _device.softmax_with_loss(
+            scores, labels, axis=axis, ignore=ignore_value(ignore_label),
+            mode=_mode(normalization, normalize, "valid"),
+            loss_weight=real_value(loss_weight, "loss_weight"), diff=diff, prob=bool(prob),
+            stream=stream, sync=sync)
     x0 = as_array(scores, "scores")
     l0 = as_array(labels, "labels")
     cdt = real_dtype_for(x0, "scores")

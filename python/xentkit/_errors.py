@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LabelError"]
+__all__ = ["CudaUnavailableError", "LabelError"]
 
 
 def _parse_value(text):
@@ -29,3 +29,9 @@ class LabelError(ValueError, IndexError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.value, self.index))
+
+
+class CudaUnavailableError(RuntimeError):
+    """A CUDA device array was passed, but this build of xentkit has no CUDA kernels
+    (XENTKIT_USE_CUDA=OFF) or no CUDA device is usable (no driver, no device). The message names
+    the argument and the reason."""

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import _core
+from . import _core, _device
 from ._arrays import (as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       index_array, result_dtype)
 
@@ -38,7 +38,7 @@ def _finish(loss, rdt, gw, go, grad):
     return out, finish(gw, go)
 
 
-def sigmoid_cross_entropy_with_logits(labels, logits, *, grad=False):
+def sigmoid_cross_entropy_with_logits(labels, logits, *, grad=False, stream=None, sync=False):
     """Per-element sigmoid cross entropy, as ``tf.nn.sigmoid_cross_entropy_with_logits``.
 
     ``l = max(x, 0) - x * z + log(1 + exp(-|x|))`` for logits x and labels z of the same shape
@@ -46,7 +46,13 @@ def sigmoid_cross_entropy_with_logits(labels, logits, *, grad=False):
     Returns the losses (the logits' shape and dtype), or ``(loss, grad)`` with
     ``grad = sigmoid(x) - z``, the gradient of their sum (``grad`` may be an array to write into,
     ``logits`` itself included). Infinite logits give the limits (0 for x = +inf, z = 1).
+    On CUDA device logits (see the README section "CUDA") the labels must be on the same device
+    (real labels with the logits' dtype) and the results are device arrays of the logits' kind,
+    enqueued on ``stream``; ``sync=True`` waits for it and raises what only the device checks.
     """
+    if _device.is_device_array(logits):
+        return _device.sigmoid_cross_entropy_with_logits(labels, logits, grad=grad,
+                                                         stream=stream, sync=sync)
     x0, rdt, cdt = _logits(logits)
     z0, z = _real_labels(labels, x0, cdt)
     gw, go = gradient_output(grad, "grad", x0, rdt, cdt, (x0, z0))
@@ -56,14 +62,21 @@ def sigmoid_cross_entropy_with_logits(labels, logits, *, grad=False):
     return _finish(loss, rdt, gw, go, grad)
 
 
-def softmax_cross_entropy_with_logits(labels, logits, axis=-1, *, grad=False):
+def softmax_cross_entropy_with_logits(labels, logits, axis=-1, *, grad=False, stream=None,
+                                      sync=False):
     """Per-row softmax cross entropy, as ``tf.nn.softmax_cross_entropy_with_logits``.
 
     ``l = -sum_c z[c] * log softmax(x)[c]`` along `axis` for labels z of the logits' shape
     (converted to the logits' dtype; rows need not sum to 1). Returns the losses (the logits'
     shape without `axis`), or ``(loss, grad)`` with the true derivative of their sum,
     ``grad = sum_c z[c] * softmax(x) - z`` (TF's ``softmax - z`` assumes rows summing to 1).
+    On CUDA device logits (see the README section "CUDA") the labels must be on the same device
+    (real labels with the logits' dtype) and the results are device arrays of the logits' kind,
+    enqueued on ``stream``; ``sync=True`` waits for it and raises what only the device checks.
     """
+    if _device.is_device_array(logits):
+        return _device.softmax_cross_entropy_with_logits(labels, logits, axis, grad=grad,
+                                                         stream=stream, sync=sync)
     x0, rdt, cdt = _logits(logits)
     if x0.ndim == 0:
         raise ValueError("logits: expected an array with at least one dimension, got shape ()")
@@ -77,14 +90,21 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, *, grad=False):
     return _finish(loss, rdt, gw, go, grad)
 
 
-def sparse_softmax_cross_entropy_with_logits(labels, logits, *, grad=False):
+def sparse_softmax_cross_entropy_with_logits(labels, logits, *, grad=False, stream=None,
+                                             sync=False):
     """Per-row softmax cross entropy with class indices, as
     ``tf.nn.sparse_softmax_cross_entropy_with_logits`` (the class axis is the last).
 
     ``l = -log softmax(x)[label]`` for labels of shape ``logits.shape[:-1]`` and any integer
     dtype. A label outside [0, C) raises :class:`LabelError`. Returns the losses, or
     ``(loss, grad)`` with ``grad = softmax(x) - onehot(label)``.
+    On CUDA device logits (see the README section "CUDA") the labels must be on the same device
+    (real labels with the logits' dtype) and the results are device arrays of the logits' kind,
+    enqueued on ``stream``; ``sync=True`` waits for it and raises what only the device checks.
     """
+    if _device.is_device_array(logits):
+        return _device.sparse_softmax_cross_entropy_with_logits(labels, logits, grad=grad,
+                                                                stream=stream, sync=sync)
     x0, rdt, cdt = _logits(logits)
     if x0.ndim == 0:
         raise ValueError("logits: expected an array with at least one dimension, got shape ()")

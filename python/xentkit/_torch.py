@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _core
+from . import _core, _device
 from ._arrays import (HALF, half_flat, half_view, as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       ignore_value, index_array, real_value, result_dtype)
 
@@ -109,7 +109,8 @@ def _optional(arr, name):
     return None if arr is None else as_array(arr, name)
 
 
-def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=False):
+def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=False,
+                         stream=None, sync=False):
     """Binary cross entropy of probabilities, as ``torch.nn.functional.binary_cross_entropy``.
 
     Parameters
@@ -128,7 +129,15 @@ def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=F
     gradient is ``w * (p - t) / max(p * (1 - p), 1e-12)`` (1e-12 held as a float32, as PyTorch).
     An input or target value outside [0, 1], NaN included, raises ValueError before anything is
     written. Returns the loss (a Python float, or an array for "none"), or ``(loss, grad)``.
+    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
+    only) every array argument must be on the input's device with the input's dtype (class
+    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
+    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
+    raises what only the device can check (labels, probabilities), else those give NaN.
     """
+    if _device.is_device_array(input):
+        return _device.binary_cross_entropy(input, target, weight, red=_reduction(reduction),
+                                            grad=grad, stream=stream, sync=sync)
     x0, t0, rdt, cdt = _binary_args(input, target)
     red = _reduction(reduction)
     w0 = _optional(weight, "weight")
@@ -142,7 +151,7 @@ def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=F
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="mean",
-                                     pos_weight=None, grad=False):
+                                     pos_weight=None, grad=False, stream=None, sync=False):
     """Binary cross entropy of logits, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
 
     Parameters
@@ -159,7 +168,16 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
     ``l = w * ((1 - t) * x + L * log(1 + exp(-x)))``, gradient ``w * (L * sigmoid(x) - pos_weight * t)``.
     Infinite logits give the mathematical limits (0 for x = +inf with t = 1, where PyTorch gives
     NaN). Returns the loss, or ``(loss, grad)``.
+    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
+    only) every array argument must be on the input's device with the input's dtype (class
+    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
+    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
+    raises what only the device can check (labels, probabilities), else those give NaN.
     """
+    if _device.is_device_array(input):
+        return _device.binary_cross_entropy_with_logits(
+            input, target, weight, red=_reduction(reduction), pos_weight=pos_weight, grad=grad,
+            stream=stream, sync=sync)
     x0, t0, rdt, cdt = _binary_args(input, target)
     red = _reduction(reduction)
     w0 = _optional(weight, "weight")
@@ -252,7 +270,7 @@ def _smoothing(label_smoothing):
 
 
 def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, grad=False):
+                  label_smoothing=0.0, grad=False, stream=None, sync=False):
     """Cross entropy of logits, as ``torch.nn.functional.cross_entropy``.
 
     Parameters
@@ -279,7 +297,18 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     An index outside [0, C) that is not ignore_index raises :class:`LabelError`. Returns the loss
     (a Python float, or for "none" an array of the input's shape without the class dimension), or
     ``(loss, grad)``.
+    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
+    only) every array argument must be on the input's device with the input's dtype (class
+    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
+    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
+    raises what only the device can check (labels, probabilities), else those give NaN.
     """
+    if _device.is_device_array(input):
+        return _device.cross_entropy(
+            input, target, weight, ignore=ignore_value(ignore_index, "ignore_index",
+                                                       allow_none=False),
+            red=_reduction(reduction), eps=_smoothing(label_smoothing), grad=grad, stream=stream,
+            sync=sync)
     if (weight is None and (grad is False or grad is True) and type(reduction) is str
             and type(ignore_index) is int and ignore_index == -100
             and type(label_smoothing) is float and label_smoothing == 0.0):
@@ -319,14 +348,25 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
                         ignore, grad, eps, half_kernel=_core.cross_entropy_indices_half)
 
 
-def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False):
+def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False,
+             stream=None, sync=False):
     """Negative log likelihood, as ``torch.nn.functional.nll_loss``.
 
     ``input`` holds log-probabilities (nothing is exponentiated: per position the loss is
     ``-w[y] * input[y]``); layouts, target, weight, ignore_index, reduction and errors as
     :func:`cross_entropy` with class indices. The gradient is ``-w[y] / D`` at the target entry
     (D the divisor of the mean, else 1) and 0 elsewhere. Returns the loss, or ``(loss, grad)``.
+    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
+    only) every array argument must be on the input's device with the input's dtype (class
+    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
+    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
+    raises what only the device can check (labels, probabilities), else those give NaN.
     """
+    if _device.is_device_array(input):
+        return _device.nll_loss(
+            input, target, weight, ignore=ignore_value(ignore_index, "ignore_index",
+                                                       allow_none=False),
+            red=_reduction(reduction), grad=grad, stream=stream, sync=sync)
     x0 = as_array(input, "input")
     t0 = as_array(target, "target")
     w0 = _optional(weight, "weight")
@@ -336,7 +376,10 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean",
                         grad)
 
 
-def _softmax_like(kernel, input, dim):
+def _softmax_like(kernel, input, dim, stream=None, sync=False):
+    if _device.is_device_array(input):
+        which = "log_softmax" if kernel is _core.log_softmax else "softmax"
+        return _device.softmax_like(which, input, dim, stream=stream, sync=sync)
     x0 = as_array(input, "input")
     rdt = result_dtype((x0,), ("input",))
     cdt = compute_dtype(rdt)
@@ -348,13 +391,16 @@ def _softmax_like(kernel, input, dim):
     return cast(out, rdt)
 
 
-def log_softmax(input, dim=-1):
+def log_softmax(input, dim=-1, *, stream=None, sync=False):
     """``log(softmax(input))`` along `dim`, as ``torch.nn.functional.log_softmax``, from the
     log-sum-exp: ``x - max - log(sum(exp(x - max)))``. The result has the input's dtype (float16
-    is computed in float32). A +inf logit gives the limit (the +inf entries share the mass)."""
-    return _softmax_like(_core.log_softmax, input, dim)
+    is computed in float32). A +inf logit gives the limit (the +inf entries share the mass).
+    A CUDA device array gives a device array of its kind, on ``stream`` (see the README section
+    "CUDA"; ``sync=True`` waits for it)."""
+    return _softmax_like(_core.log_softmax, input, dim, stream, sync)
 
 
-def softmax(input, dim=-1):
-    """``exp(x - max) / sum(exp(x - max))`` along `dim`, as ``torch.nn.functional.softmax``."""
-    return _softmax_like(_core.softmax, input, dim)
+def softmax(input, dim=-1, *, stream=None, sync=False):
+    """``exp(x - max) / sum(exp(x - max))`` along `dim`, as ``torch.nn.functional.softmax``.
+    A CUDA device array gives a device array of its kind (see :func:`log_softmax`)."""
+    return _softmax_like(_core.softmax, input, dim, stream, sync)

@@ -462,3 +462,6 @@ def sigmoid_cross_entropy_loss_half(const uint16_t[::1] scores, const uint16_t[:
     with nogil:
         loss = _cpp.sigmoid_cross_entropy_loss_half(ps, pt, outer, n, pd, opts)
     return <double>loss
+
+
+include "_cuda.pxi"

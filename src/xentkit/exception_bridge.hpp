@@ -18,6 +18,14 @@ static inline void xk_set_label_error_type(PyObject* type) {
   xk_label_error_type = type;
 }
 
+static PyObject* xk_unavailable_error_type = nullptr;
+
+static inline void xk_set_unavailable_error_type(PyObject* type) {
+  Py_XINCREF(type);
+  Py_XDECREF(xk_unavailable_error_type);
+  xk_unavailable_error_type = type;
+}
+
 static inline void xk_raise_py_error() {
   try {
     throw;
@@ -32,7 +40,8 @@ static inline void xk_raise_py_error() {
   } catch (const xentkit::type_error& e) {
     PyErr_SetString(PyExc_TypeError, e.what());
   } catch (const xentkit::unavailable_error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
+    PyErr_SetString(xk_unavailable_error_type ? xk_unavailable_error_type : PyExc_RuntimeError,
+                    e.what());
   } catch (const std::invalid_argument& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
   } catch (const std::bad_alloc&) {

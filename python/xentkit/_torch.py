@@ -303,12 +303,6 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
     raises what only the device can check (labels, probabilities), else those give NaN.
     """
-    if _device.is_device_array(input):
-        return _device.cross_entropy(
-            input, target, weight, ignore=ignore_value(ignore_index, "ignore_index",
-                                                       allow_none=False),
-            red=_reduction(reduction), eps=_smoothing(label_smoothing), grad=grad, stream=stream,
-            sync=sync)
     if (weight is None and (grad is False or grad is True) and type(reduction) is str
             and type(ignore_index) is int and ignore_index == -100
             and type(label_smoothing) is float and label_smoothing == 0.0):
@@ -318,6 +312,12 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             out = _core.cross_entropy_small(input, target, red, grad)
             if out is not None:
                 return out
+    if _device.is_device_array(input):
+        return _device.cross_entropy(
+            input, target, weight, ignore=ignore_value(ignore_index, "ignore_index",
+                                                       allow_none=False),
+            red=_reduction(reduction), eps=_smoothing(label_smoothing), grad=grad, stream=stream,
+            sync=sync)
     x0 = as_array(input, "input")
     t0 = as_array(target, "target")
     w0 = _optional(weight, "weight")

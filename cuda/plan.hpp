@@ -91,9 +91,9 @@ struct BroadcastView {
 /// One call of the elementwise family, as ElementProblem on the CPU. Each loss and gradient term
 /// is multiplied by weight[i]. With has_ignore, elements whose target truncated toward zero equals
 /// `ignore` give l = 0 and gradient 0, and are not counted. For probabilities, an input or target
-/// outside [0, 1] (or NaN) gives NaN outputs for the call and an error record: the index of the
-/// first such element; the finalize kernel records whether x (Argument::input) or t
-/// (Argument::target) is the culprit, x first, and its value.
+/// outside [0, 1] (or NaN) gives NaN outputs for the call and an error record naming what the CPU
+/// function would name: the first bad input element if there is one (Argument::input), else the
+/// first bad target (Argument::target), with its value.
 struct ElementPlan {
   ElementOp op = ElementOp::logits;
   Storage storage = Storage::f32;

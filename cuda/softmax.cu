@@ -662,7 +662,8 @@ __global__ void finalize_kernel(Workspace* ws, int blocks, bool device_divisor, 
   const double div = device_divisor ? ws->divisor : divisor;
   if (!device_divisor) ws->divisor = div;
   const int64_t err = first_error(ws);
-  double r = split ? nll / div + (total - nll) / div : total / div;
+  // As the CPU: the two terms are divided apart only when the divisor is 0 (NaN, not inf).
+  double r = (split && div == 0.0) ? nll / div + (total - nll) / div : total / div;
   if (err >= 0) r = __longlong_as_double(0x7ff8000000000000LL);
   if (reduced) *static_cast<S*>(reduced) = from_double<S>(r);
   ws->kind = err >= 0 ? 1 : 0;  // Status::bad_label

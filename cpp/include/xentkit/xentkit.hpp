@@ -2,6 +2,7 @@
 // xentkit: cross-entropy losses with Caffe, PyTorch and TensorFlow semantics.
 
 #include "xentkit/cpu.hpp"
+#include "xentkit/cuda.hpp"
 #include "xentkit/device.hpp"
 #include "xentkit/errors.hpp"
 #include "xentkit/half.hpp"

@@ -641,7 +641,7 @@ __global__ void divisor_kernel(Workspace* ws, int blocks, Divide divide, double 
     scale = grad_output / divisor;
   } else {
     divisor = wsum;
-    scale = wsum == 0.0 ? 0.0 : grad_output / wsum;
+    scale = grad_output / wsum;  // as the CPU: a zero weight sum gives a non-finite gradient
   }
   ws->divisor = divisor;
   ws->scale = scale;

@@ -671,7 +671,14 @@ __global__ void finalize_kernel(Workspace* ws, int blocks, bool device_divisor, 
   // As the CPU: the two terms are divided apart only when the divisor is 0 (NaN, not inf).
   double r = (split && div == 0.0) ? nll / div + (total - nll) / div : total / div;
   if (err >= 0) r = __longlong_as_double(0x7ff8000000000000LL);
-  if (reduced) *static_cast<S*>(reduced) = from_double<S>(r);
+  // 16-bit storage rounds through float32, as the CPU returns a float that is then rounded.
+  if (reduced) {
+    if constexpr (sizeof(S) == 2) {
+      *static_cast<S*>(reduced) = from_float<S>(static_cast<float>(r));
+    } else {
+      *static_cast<S*>(reduced) = from_double<S>(r);
+    }
+  }
   ws->kind = err >= 0 ? 1 : 0;  // Status::bad_label
   ws->index = err;
   if (err >= 0) {

@@ -28,8 +28,8 @@ enum class Divide : int32_t {
                 // max(1, Z) for full, batch_size and none). A divisor of 0 gives NaN (0 / 0).
   caffe_valid,  // by max(1, number of non-ignored positions or elements)
   weight_sum,   // by the sum of w[y] over non-ignored positions (PyTorch's mean; without class
-                // weights every w[y] is 1, so the count; 0 gives NaN, with the gradient scale
-                // taken as 0 so the gradient stays finite)
+                // weights every w[y] is 1, so the count; 0 gives NaN, and the gradient scale
+                // grad_output / 0 makes the non-ignored gradient rows non-finite, as PyTorch)
 };
 
 /// Which argument a recorded error names (for the message the host builds).

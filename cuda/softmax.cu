@@ -125,7 +125,8 @@ __device__ __forceinline__ void reduce_fields(const Row& row, Stats<R>& st, bool
 // ---- the row layouts -----------------------------------------------------------------
 // A row exposes: each(f) over the calling thread's classes in increasing order (f(c, v)),
 // the tree reductions (all threads get the result), offset(c) (index of class c in x-shaped
-// arrays) and leader().
+// arrays), leader() and sync() (orders the row's reads of x before its writes of diff, which
+// may alias x, across the row's threads).
 
 /// One warp, the row in registers: class c = j * 32 + lane.
 template <typename S, int K>
@@ -152,9 +153,11 @@ struct WarpRow {
   }
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
   __device__ __forceinline__ bool leader() const { return lane == 0; }
+  __device__ __forceinline__ void sync() const { __syncwarp(); }
   __device__ __forceinline__ R sum(R s) const { return warp_sum(s); }
   __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const {
     reduce_fields(*this, st, extra);
+    __syncwarp();  // every lane has read x[y] (zy) before any lane writes diff (may alias x)
   }
   __device__ __forceinline__ void max(R& mx, int64_t& am) const {
     for (int o = 16; o > 0; o >>= 1) {
@@ -185,6 +188,7 @@ struct BlockRow {
   }
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
   __device__ __forceinline__ bool leader() const { return threadIdx.x == 0; }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
   __device__ __forceinline__ R sum(R s) const { return block_sum(s, scratch->r); }
   __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const {
     reduce_fields(*this, st, extra);
@@ -236,6 +240,7 @@ struct ClusterRow {
   }
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c; }
   __device__ __forceinline__ bool leader() const { return rank == 0 && threadIdx.x == 0; }
+  __device__ __forceinline__ void sync() const { cooperative_groups::this_cluster().sync(); }
   /// Publishes n values (and an index) and returns the slot buffer to read.
   __device__ __forceinline__ ClusterSlot<R>* publish(const R* v, int n, int64_t am) const {
     ClusterSlot<R>* slot = slots + *turn;
@@ -316,6 +321,7 @@ struct ThreadRow {
   }
   __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c * inner; }
   __device__ __forceinline__ bool leader() const { return true; }
+  __device__ __forceinline__ void sync() const {}
   __device__ __forceinline__ R sum(R s) const { return s; }
   __device__ __forceinline__ void reduce(Stats<R>&, bool) const {}
   __device__ __forceinline__ void max(R&, int64_t&) const {}
@@ -347,7 +353,7 @@ __device__ void process_row(const Row& row, const Params& P, const Consts<typena
       l = nan;
     }
     if (P.diff) {
-      row.sum(R(0));  // orders every read of x[y] before the writes
+      row.sync();  // orders every read of x[y] before the writes
       const R gy = bad ? nan : -k.scale * wy;
       row.each([&](int64_t c, R) {
         store<S>(P.diff, row.offset(c), (bad || c == y) ? gy : R(0));
@@ -641,7 +647,7 @@ __global__ void divisor_kernel(Workspace* ws, int blocks, Divide divide, double 
     scale = grad_output / divisor;
   } else {
     divisor = wsum;
-    scale = wsum == 0.0 ? 0.0 : grad_output / wsum;
+    scale = grad_output / wsum;  // as the CPU: a zero weight sum gives a non-finite gradient
   }
   ws->divisor = divisor;
   ws->scale = scale;
@@ -665,7 +671,14 @@ __global__ void finalize_kernel(Workspace* ws, int blocks, bool device_divisor, 
   // As the CPU: the two terms are divided apart only when the divisor is 0 (NaN, not inf).
   double r = (split && div == 0.0) ? nll / div + (total - nll) / div : total / div;
   if (err >= 0) r = __longlong_as_double(0x7ff8000000000000LL);
-  if (reduced) *static_cast<S*>(reduced) = from_double<S>(r);
+  // 16-bit storage rounds through float32, as the CPU returns a float that is then rounded.
+  if (reduced) {
+    if constexpr (sizeof(S) == 2) {
+      *static_cast<S*>(reduced) = from_float<S>(static_cast<float>(r));
+    } else {
+      *static_cast<S*>(reduced) = from_double<S>(r);
+    }
+  }
   ws->kind = err >= 0 ? 1 : 0;  // Status::bad_label
   ws->index = err;
   if (err >= 0) {

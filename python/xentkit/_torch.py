@@ -129,11 +129,6 @@ def binary_cross_entropy(input, target, weight=None, *, reduction="mean", grad=F
     gradient is ``w * (p - t) / max(p * (1 - p), 1e-12)`` (1e-12 held as a float32, as PyTorch).
     An input or target value outside [0, 1], NaN included, raises ValueError before anything is
     written. Returns the loss (a Python float, or an array for "none"), or ``(loss, grad)``.
-    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
-    only) every array argument must be on the input's device with the input's dtype (class
-    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
-    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
-    raises what only the device can check (labels, probabilities), else those give NaN.
     """
     if _device.is_device_array(input):
         return _device.binary_cross_entropy(input, target, weight, red=_reduction(reduction),
@@ -168,11 +163,6 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
     ``l = w * ((1 - t) * x + L * log(1 + exp(-x)))``, gradient ``w * (L * sigmoid(x) - pos_weight * t)``.
     Infinite logits give the mathematical limits (0 for x = +inf with t = 1, where PyTorch gives
     NaN). Returns the loss, or ``(loss, grad)``.
-    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
-    only) every array argument must be on the input's device with the input's dtype (class
-    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
-    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
-    raises what only the device can check (labels, probabilities), else those give NaN.
     """
     if _device.is_device_array(input):
         return _device.binary_cross_entropy_with_logits(
@@ -297,11 +287,6 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     An index outside [0, C) that is not ignore_index raises :class:`LabelError`. Returns the loss
     (a Python float, or for "none" an array of the input's shape without the class dimension), or
     ``(loss, grad)``.
-    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
-    only) every array argument must be on the input's device with the input's dtype (class
-    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
-    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
-    raises what only the device can check (labels, probabilities), else those give NaN.
     """
     if (weight is None and (grad is False or grad is True) and type(reduction) is str
             and type(ignore_index) is int and ignore_index == -100
@@ -356,11 +341,6 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean",
     ``-w[y] * input[y]``); layouts, target, weight, ignore_index, reduction and errors as
     :func:`cross_entropy` with class indices. The gradient is ``-w[y] / D`` at the target entry
     (D the divisor of the mean, else 1) and 0 elsewhere. Returns the loss, or ``(loss, grad)``.
-    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
-    only) every array argument must be on the input's device with the input's dtype (class
-    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
-    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
-    raises what only the device can check (labels, probabilities), else those give NaN.
     """
     if _device.is_device_array(input):
         return _device.nll_loss(
@@ -404,3 +384,16 @@ def softmax(input, dim=-1, *, stream=None, sync=False):
     """``exp(x - max) / sum(exp(x - max))`` along `dim`, as ``torch.nn.functional.softmax``.
     A CUDA device array gives a device array of its kind (see :func:`log_softmax`)."""
     return _softmax_like(_core.softmax, input, dim, stream, sync)
+
+
+_DEVICE_NOTE = """
+    On CUDA device arrays (see the README section "CUDA"; ``stream=`` and ``sync=`` apply to them
+    only) every array argument must be on the input's device with the input's dtype (class
+    indices: any integer dtype); the loss is a 0-d device array (a device array for "none") and
+    the gradient a device array, of the input's kind. ``sync=True`` waits for the stream and
+    raises what only the device can check (labels, probabilities), else those give NaN.
+"""
+
+for _function in (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, nll_loss):
+    _function.__doc__ = (_function.__doc__ or "").rstrip() + "\n" + _DEVICE_NOTE
+del _function

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -102,7 +103,10 @@ template <typename T>
     if (g == w) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure() << "got " << g << ", want " << w;
   }
-  const double tol = ulps * std::numeric_limits<T>::epsilon() * (std::fabs(w) + mag);
+  // Relative to the value, with a floor of `ulps` steps of the subnormal range (where a float
+  // has fewer significant bits than epsilon assumes).
+  const double tol = std::max(ulps * std::numeric_limits<T>::epsilon() * (std::fabs(w) + mag),
+                              ulps * static_cast<double>(std::numeric_limits<T>::denorm_min()));
   if (std::fabs(g - w) <= tol) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "got " << g << ", want " << w << " (|diff| "
                                        << std::fabs(g - w) << " > " << tol << ")";

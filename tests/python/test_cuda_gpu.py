@@ -4,12 +4,35 @@ reduced loss, the stream argument, sync=True errors and run-to-run determinism."
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 import xentkit
 
 pytestmark = pytest.mark.gpu
+
+
+def _torch_cuda() -> bool:
+    """PyTorch with a usable CUDA device (probed only where xentkit has one)."""
+    if not xentkit.cuda_available():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _cupy() -> bool:
+    if not xentkit.cuda_available():
+        return False
+    return importlib.util.find_spec("cupy") is not None
+
+
+needs_torch = pytest.mark.skipif(not _torch_cuda(), reason="needs PyTorch with CUDA")
+needs_cupy = pytest.mark.skipif(not _cupy(), reason="needs CuPy")
 
 TOL = {"float16": (2e-3, 2e-3), "bfloat16": (2e-2, 2e-2), "float32": (1e-5, 1e-6),
        "float64": (1e-12, 1e-13)}
@@ -81,9 +104,9 @@ class _Torch:
     name = "torch"
 
     def __init__(self):
-        self.torch = pytest.importorskip("torch")
-        if not self.torch.cuda.is_available():
-            pytest.skip("PyTorch without CUDA")
+        import torch
+
+        self.torch = torch
 
     def to_device(self, a, dtype):
         t = self.torch
@@ -103,15 +126,15 @@ class _Torch:
         return v.detach().float().cpu().numpy().astype(np.float64) if v.dtype == \
             self.torch.bfloat16 else v.detach().cpu().numpy().astype(np.float64)
 
-    def dtypes(self):
-        return ["float16", "bfloat16", "float32", "float64"]
 
 
 class _Cupy:
     name = "cupy"
 
     def __init__(self):
-        self.cp = pytest.importorskip("cupy")
+        import cupy
+
+        self.cp = cupy
 
     def to_device(self, a, dtype):
         if a is None:
@@ -126,20 +149,24 @@ class _Cupy:
     def to_host(self, v):
         return self.cp.asnumpy(v).astype(np.float64)
 
-    def dtypes(self):
-        return ["float16", "float32", "float64"]
 
 
-@pytest.fixture(params=["torch", "cupy"])
+_LIBS = {"torch": (_Torch, needs_torch), "cupy": (_Cupy, needs_cupy)}
+# CuPy has no bfloat16 dtype.
+_LIB_DTYPES = [("torch", d) for d in ("float16", "bfloat16", "float32", "float64")] + \
+              [("cupy", d) for d in ("float16", "float32", "float64")]
+
+
+@pytest.fixture(params=[pytest.param(k, marks=m) for k, (_, m) in _LIBS.items()])
 def lib(request):
-    return _Torch() if request.param == "torch" else _Cupy()
+    return _LIBS[request.param][0]()
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
-def test_device_matches_host(lib, name, dtype):
-    if dtype not in lib.dtypes():
-        pytest.skip(f"{lib.name} has no {dtype}")
+@pytest.mark.parametrize("lib_name, dtype",
+                         [pytest.param(k, d, marks=_LIBS[k][1]) for k, d in _LIB_DTYPES])
+def test_device_matches_host(lib_name, name, dtype):
+    lib = _LIBS[lib_name][0]()
     rng = np.random.default_rng(hash((name, dtype)) % 2**32)
     fn, args, kwargs = _case(rng, name, dtype)
     hargs, hkw = _cast_host(args, kwargs, dtype)
@@ -211,10 +238,9 @@ def test_deterministic(lib):
         assert lib.to_host(xentkit.cross_entropy(x, y)).tobytes() == first.tobytes()
 
 
+@needs_torch
 def test_torch_stream_argument():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch without CUDA")
+    import torch
     rng = np.random.default_rng(4)
     h = rng.standard_normal((64, 9)).astype(np.float32)
     y = rng.integers(0, 9, 64)
@@ -232,8 +258,9 @@ def test_torch_stream_argument():
         assert abs(v.item() - want) <= 1e-5 * abs(want)
 
 
+@needs_cupy
 def test_cupy_stream_argument():
-    cp = pytest.importorskip("cupy")
+    import cupy as cp
     rng = np.random.default_rng(5)
     h = rng.standard_normal((64, 9)).astype(np.float32)
     y = rng.integers(0, 9, 64)
@@ -249,10 +276,9 @@ def test_cupy_stream_argument():
         assert abs(float(v) - want) <= 1e-5 * abs(want)
 
 
+@needs_torch
 def test_device_array_without_a_library_kind():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch without CUDA")
+    import torch
 
     class Plain:  # only the CUDA array interface: the results are xentkit.DeviceArray
         def __init__(self, t):

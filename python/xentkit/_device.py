@@ -25,6 +25,7 @@ from typing import Any, List, Optional, Sequence
 from numpy import ndarray as _ndarray
 
 from . import _core
+from ._arrays import _describe
 from ._errors import CudaUnavailableError
 
 KDL_CPU = 1
@@ -48,11 +49,6 @@ _DL_CODES = {0: "int", 1: "uint", 2: "float", 4: "bfloat", 6: "bool"}
 
 _LIBRARIES = {"torch": "torch", "cupy": "cupy", "cupyx": "cupy", "jax": "jax", "jaxlib": "jax",
               "numba": "numba"}
-
-
-def _describe(obj):
-    cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def library_of(obj) -> Optional[str]:

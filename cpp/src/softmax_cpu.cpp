@@ -244,6 +244,20 @@ double nll_tile(const SoftmaxProblem<T, L>& pb, int64_t o, int64_t s0, int64_t w
 template <typename L>
 void kernel_labels(const SoftmaxProblem<float, L>& pb, const L* lab, int64_t n, int32_t* y,
                    double* a) {
+  if constexpr (std::is_integral_v<L>) {
+    // Validated integer labels are class indices as they stand, or the ignored label: a loop
+    // without branches that the compiler vectorises.
+    if (lab && !pb.class_weight) {
+      const L ign = static_cast<L>(pb.ignore);
+      const bool use_ignore = pb.has_ignore && static_cast<int64_t>(ign) == pb.ignore;
+      for (int64_t j = 0; j < n; ++j) {
+        const bool skip = use_ignore && lab[j] == ign;
+        y[j] = skip ? fast::kSkip : static_cast<int32_t>(lab[j]);
+        a[j] = skip ? 0.0 : 1.0;
+      }
+      return;
+    }
+  }
   for (int64_t j = 0; j < n; ++j) {
     const int64_t c = lab ? classify_label(lab[j], pb.channels, pb.has_ignore, pb.ignore) : -2;
     y[j] = c >= 0 ? static_cast<int32_t>(c) : (lab ? fast::kSkip : fast::kNoLabel);
@@ -593,7 +607,26 @@ int64_t validate_labels(const L* labels, int64_t positions, int64_t channels,
   const bool has_ignore = ignore.has_value();
   const int64_t ign = ignore.value_or(0);
   int64_t valid = 0;
-  for (int64_t i = 0; i < positions; ++i) {
+  int64_t i = 0;
+  if constexpr (std::is_integral_v<L>) {
+    // Blocks without a bad label are counted by a loop without branches; a block with one is
+    // read again below, label by label, to report the first.
+    constexpr int64_t kBlock = 1024;
+    for (; i + kBlock <= positions; i += kBlock) {
+      int64_t in_range = 0, ignored = 0;
+      for (int64_t j = i; j < i + kBlock; ++j) {
+        const int64_t v = static_cast<int64_t>(labels[j]);
+        const bool big = std::is_unsigned_v<L> && sizeof(L) == 8 &&
+                         static_cast<uint64_t>(labels[j]) > 9223372036854775807ULL;
+        const bool skip = has_ignore && v == ign && !big;
+        ignored += skip;
+        in_range += !skip && !big && static_cast<uint64_t>(v) < static_cast<uint64_t>(channels);
+      }
+      if (in_range + ignored != kBlock) break;
+      valid += in_range;
+    }
+  }
+  for (; i < positions; ++i) {
     const int64_t k = classify_label(labels[i], channels, has_ignore, ign);
     if (k == kInvalid) {
       if (channels == 0) {

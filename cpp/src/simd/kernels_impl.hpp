@@ -18,6 +18,8 @@
 #include <type_traits>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #include "half_bits.hpp"
@@ -358,17 +360,13 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   }
   for (int q = 0; q < G; ++q) bad |= nonfinite(vm[q]);
   if (any(bad)) return false;
-  float zy[S];
-  for (int k = 0; k < S; ++k) {
-    const int32_t y = jb.y[j0 + k];
-    zy[k] = y >= 0 ? x[y * inner + k] - get(vm[k / W], k % W) : 0.0f;
-  }
   float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
   Acc acc[G];
-  vf vey[G];
+  vf vey[G], vzy[G];  // e and x - max at the label (x read before any in-place write)
   vi vy[G];
   for (int q = 0; q < G; ++q) {
     vey[q] = splat(0.0f);
+    vzy[q] = splat(0.0f);
     vy[q] = load_i(jb.y + j0 + q * W);
   }
   // The next groups' lines of each class row are fetched while these are computed in cache.
@@ -379,20 +377,23 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
       for (int q = 0; q < G; ++q) __builtin_prefetch(x + c * inner + S + q * W);
     }
     for (int q = 0; q < G; ++q) {
-      const vf e = exp_nonpos(load(packed ? pack + c * S + q * W : x + c * inner + q * W) - vm[q]);
+      const vf z = load(packed ? pack + c * S + q * W : x + c * inner + q * W) - vm[q];
+      const vf e = exp_nonpos(z);
       if (st) store(packed ? pack + c * S + q * W : st + c * inner + q * W, e);
       const vi at = vy[q] == vc;
       vey[q] = sel(at, e, vey[q]);
+      vzy[q] = sel(at, z, vzy[q]);
       acc[q].add(sel(at, splat(0.0f), e));
     }
   }
   Finish f[G];
   for (int q = 0; q < G; ++q) {
     double other[W];
-    float ey[W];
+    float ey[W], zy[W];
     acc[q].lanes(other);
     store(ey, vey[q]);
-    finish_rows(W, other, ey, zy + q * W, jb.y + j0 + q * W, jb.a + j0 + q * W, jb.grad_scale,
+    store(zy, vzy[q]);
+    finish_rows(W, other, ey, zy, jb.y + j0 + q * W, jb.a + j0 + q * W, jb.grad_scale,
                 jb.cap, jb.loss + j0 + q * W, f[q]);
   }
   if (!st) return true;
@@ -426,6 +427,10 @@ int64_t softmax_positions(const SoftmaxJob& jb) {
   const int64_t C = jb.channels;
   int64_t g = 0;
   while (g < jb.count) {
+    if (g + 8 <= jb.count && C * 8 * W <= kPackFloats && position_groups<8>(jb, g, pack, true)) {
+      g += 8;
+      continue;
+    }
     if (g + 4 <= jb.count && C * 4 * W <= kPackFloats && position_groups<4>(jb, g, pack, true)) {
       g += 4;
       continue;
@@ -454,22 +459,19 @@ XK_INLINE vf log1p_unit(vf e) noexcept {
 
 int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   const int64_t full = jb.n / W * W;
-  Acc acc;
   const vf gs = splat(static_cast<float>(jb.grad_scale));
   const bool exact_scale = static_cast<double>(static_cast<float>(jb.grad_scale)) == jb.grad_scale;
-  int64_t i = 0;
-  for (; i < full; i += W) {
-    const vf x = load(jb.x + i);
-    if (any(nonfinite(x))) break;
+  // One vector: its losses into acc, its outputs stored.
+  const auto step = [&](int64_t i, vf x, Acc& acc) XK_INLINE_LAMBDA {
     const vf t = load(jb.t + i);
     const vi pos = x >= splat(0.0f);
     const vf ax = sel(pos, x, -x);
     const vf e = exp_nonpos(-ax);            // exp(-|x|) in (0, 1]
-    const vf q = e / (e + 1.0f);              // sigmoid(-|x|)
     const vf l = sel(pos, x * (1.0f - t), -x * t) + log1p_unit(e);
     acc.add(l);
     if (jb.loss) store(jb.loss + i, l);
     if (jb.diff) {
+      const vf q = e / (e + 1.0f);            // sigmoid(-|x|)
       const vf g = sel(pos, (1.0f - t) - q, q - t);
       if (exact_scale) {
         store(jb.diff + i, g * gs);
@@ -477,8 +479,24 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
         store(jb.diff + i, narrow(widen(g) * jb.grad_scale));
       }
     }
+  };
+  // Two vectors per step, on two sums (combined in a fixed order), so that the long chains of
+  // dependent operations of one vector overlap with those of the other.
+  Acc acc[2];
+  int64_t i = 0;
+  for (; i + 2 * W <= full; i += 2 * W) {
+    const vf x0 = load(jb.x + i);
+    const vf x1 = load(jb.x + i + W);
+    if (any(nonfinite(x0) | nonfinite(x1))) break;
+    step(i, x0, acc[0]);
+    step(i + W, x1, acc[1]);
   }
-  *sum = acc.total();
+  for (; i < full; i += W) {
+    const vf x = load(jb.x + i);
+    if (any(nonfinite(x))) break;
+    step(i, x, acc[0]);
+  }
+  *sum = acc[0].total() + acc[1].total();
   return i;
 }
 

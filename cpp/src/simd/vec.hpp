@@ -10,6 +10,7 @@
 // includes it relies on.
 
 #define XK_INLINE inline __attribute__((always_inline))
+#define XK_INLINE_LAMBDA __attribute__((always_inline))
 
 constexpr int W = 16;  // lanes
 #if defined(__AVX512F__)
@@ -240,9 +241,14 @@ XK_INLINE nd widen_hi(nf v) noexcept {
   return __builtin_convertvector(__builtin_shufflevector(v, v, XK_HI), nd);
 }
 #endif
-#undef XK_LO
-#undef XK_HI
 
+#if defined(__AVX512F__)
+#define XK_ALL 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+#elif defined(__AVX__)
+#define XK_ALL 0, 1, 2, 3, 4, 5, 6, 7
+#else
+#define XK_ALL 0, 1, 2, 3
+#endif
 XK_INLINE vd widen(vf v) noexcept {
   vd r;
   XK_DO(kParts, r.p[2 * i_] = widen_lo(v.p[i_]); r.p[2 * i_ + 1] = widen_hi(v.p[i_]));
@@ -250,19 +256,22 @@ XK_INLINE vd widen(vf v) noexcept {
 }
 
 XK_INLINE vf narrow(vd v) noexcept {
-  float buf[W];
-  XK_DO(kPartsD, const nfh h = __builtin_convertvector(v.p[i_], nfh);
-                 std::memcpy(buf + i_ * kNatD, &h, sizeof h));
-  return load(buf);
+  // Each pair of double registers becomes one float register in registers (halves stored to
+  // memory and read back as one vector would defeat store-to-load forwarding).
+  vf r;
+  XK_DO(kParts, const nfh lo = __builtin_convertvector(v.p[2 * i_], nfh);
+                const nfh hi = __builtin_convertvector(v.p[2 * i_ + 1], nfh);
+                r.p[i_] = __builtin_shufflevector(lo, hi, XK_ALL));
+  return r;
 }
 
 /// A float-lane mask as a mask of double lanes.
 XK_INLINE vl wide_mask(vi m) noexcept {
-  int32_t buf[W];
-  std::memcpy(buf, &m, sizeof buf);
   vl r;
-  XK_DO(kPartsD, nih h; std::memcpy(&h, buf + i_ * kNatD, sizeof h);
-                 r.p[i_] = __builtin_convertvector(h, nl));
+  XK_DO(kParts, r.p[2 * i_] = __builtin_convertvector(
+                    __builtin_shufflevector(m.p[i_], m.p[i_], XK_LO), nl);
+                r.p[2 * i_ + 1] = __builtin_convertvector(
+                    __builtin_shufflevector(m.p[i_], m.p[i_], XK_HI), nl));
   return r;
 }
 
@@ -274,11 +283,19 @@ XK_INLINE vf max_keep(vf m, vf v) noexcept { return sel(v > m, v, m); }
 XK_INLINE bool any(vi mask) noexcept {
   ni acc = mask.p[0];
   for (int i = 1; i < kParts; ++i) acc |= mask.p[i];
+#if defined(__AVX512F__)
+  return _mm512_test_epi32_mask((__m512i)acc, (__m512i)acc) != 0;
+#elif defined(__AVX__)
+  return !_mm256_testz_si256((__m256i)acc, (__m256i)acc);
+#elif defined(__SSE2__)
+  return _mm_movemask_epi8((__m128i)acc) != 0;
+#else
   int32_t buf[kNat];
   std::memcpy(buf, &acc, sizeof buf);
   int32_t r = 0;
   for (int k = 0; k < kNat; ++k) r |= buf[k];
   return r != 0;
+#endif
 }
 
 /// Max of the lanes (NaN-free input).
@@ -366,6 +383,9 @@ XK_INLINE vf log1p_nonneg(vf r) noexcept {
   return sel(d == splat(0.0f), r, l * (r / sel(d == splat(0.0f), splat(1.0f), d)));
 }
 
+#undef XK_ALL
+#undef XK_LO
+#undef XK_HI
 #undef XK_ARITH
 #undef XK_BIN_S
 #undef XK_BIN

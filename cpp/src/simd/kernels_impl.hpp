@@ -206,6 +206,9 @@ int64_t rows_wide(const SoftmaxJob& jb) {
   const int tail = static_cast<int>(C - full);
   // Rows per batch: the e of a batch stay in L1 between sweeps B and C.
   const int64_t batch = C >= 4096 ? 1 : (C >= 256 ? 4 : W);
+  // float16 rows of a batch that fits in L1 as float32 are widened once, in sweep A, into the
+  // scratch that later holds e, and sweep B reads them from there; longer rows are widened again.
+  const bool widened = kHalf && batch * C <= 4096;
   const vi lanes = iota();
   for (int64_t r0 = 0; r0 < jb.count; r0 += batch) {
     int n = static_cast<int>(std::min<int64_t>(batch, jb.count - r0));
@@ -218,8 +221,10 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       const S* x = xs + (r0 + k) * C;
       vf vm = splat(-kFloatInf);
       vi bad = splat_i(0);
+      float* const wide = widened ? jb.scratch + k * C : nullptr;
       for (int64_t c = 0; c < full; c += W) {
         const vf v = load_s(x + c);
+        if (wide) store(wide + c, v);
         bad |= (v != v);
         vm = max_keep(vm, v);
       }
@@ -262,9 +267,12 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       // While this batch is computed in cache, the next one is fetched: one line of its logits
       // per vector here (the same offset one batch on), so memory and arithmetic overlap.
       const S* ahead = r0 + batch < jb.count ? x + batch * C : nullptr;
+      // float16 outputs are first touched in sweep C; their lines are fetched for writing here.
+      S* const out_ahead = kHalf ? (ds ? ds + r * C : (ps ? ps + r * C : nullptr)) : nullptr;
       for (int64_t c = 0; c < full; c += W) {
         if (ahead) __builtin_prefetch(ahead + c);
-        vf e = exp_nonpos(load_s(x + c) - vm);
+        if (out_ahead) __builtin_prefetch(out_ahead + c, 1);
+        vf e = exp_nonpos((widened ? load(jb.scratch + k * C + c) : load_s(x + c)) - vm);
         if (st) store(st + c, e);
         if (c == ych) {
           e_label = get(e, static_cast<int>(y - c));

@@ -467,8 +467,12 @@ XK_INLINE vf log1p_unit(vf e) noexcept {
 
 int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   const int64_t full = jb.n / W * W;
-  const vf gs = splat(static_cast<float>(jb.grad_scale));
-  const bool exact_scale = static_cast<double>(static_cast<float>(jb.grad_scale)) == jb.grad_scale;
+  // grad_scale = hi + lo in two floats: g hi + g lo is g grad_scale within a rounding or so,
+  // without widening every gradient to double.
+  const float hi = static_cast<float>(jb.grad_scale);
+  const vf gs = splat(hi);
+  const vf gs_lo = splat(static_cast<float>(jb.grad_scale - static_cast<double>(hi)));
+  const bool exact_scale = static_cast<double>(hi) == jb.grad_scale;
   // One vector: its losses into acc, its outputs stored.
   const auto step = [&](int64_t i, vf x, Acc& acc) XK_INLINE_LAMBDA {
     const vf t = load(jb.t + i);
@@ -484,7 +488,7 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
       if (exact_scale) {
         store(jb.diff + i, g * gs);
       } else {
-        store(jb.diff + i, narrow(widen(g) * jb.grad_scale));
+        store(jb.diff + i, g * gs + g * gs_lo);
       }
     }
   };

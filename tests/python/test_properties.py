@@ -401,7 +401,9 @@ def _bad_shape(case, argument, original):
             return (original.shape[0] + 1,)
         return (3,) + case.input.shape  # would enlarge the loss's shape
     if case.name == "cross_entropy" and argument == "target" or case.name == "nll_loss":
-        return (max(original.size, 1) + 1, 1)
+        # One more dimension than the input: never the class-index shape (one fewer) nor the
+        # probability shape (the input's), whatever the sizes (an empty input included).
+        return (max(original.size, 1) + 1,) + (1,) * case.input.ndim
     return (original.size + 1,)
 
 

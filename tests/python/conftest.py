@@ -41,3 +41,12 @@ def real_dtype(request):
 @pytest.fixture(params=ALL_FLOAT_DTYPES, ids=lambda d: np.dtype(d).name)
 def any_dtype(request):
     return np.dtype(request.param)
+
+
+@pytest.fixture(params=xentkit.simd_levels_available())
+def level(request):
+    """Every instruction-set level this machine runs, each set for one test and put back after."""
+    before = xentkit.simd_level()
+    xentkit.set_simd_level(request.param)
+    yield request.param
+    xentkit.set_simd_level(before)

@@ -11,16 +11,7 @@ import ref_softmax_family as ref
 import references as caffe_ref
 import xentkit
 
-LEVELS = xentkit.simd_levels_available()
 F16 = np.float16
-
-
-@pytest.fixture(params=LEVELS)
-def level(request):
-    before = xentkit.simd_level()
-    xentkit.set_simd_level(request.param)
-    yield request.param
-    xentkit.set_simd_level(before)
 
 
 def _close16(actual, expected):

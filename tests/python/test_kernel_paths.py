@@ -12,16 +12,6 @@ import references as caffe_ref
 import ref_softmax_family as ref
 import xentkit
 
-LEVELS = xentkit.simd_levels_available()
-
-
-@pytest.fixture(params=LEVELS)
-def level(request):
-    before = xentkit.simd_level()
-    xentkit.set_simd_level(request.param)
-    yield request.param
-    xentkit.set_simd_level(before)
-
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.int64, np.uint64])
 @pytest.mark.parametrize("bad_at", [0, 1023, 1024, 3000, 4095])

@@ -14,14 +14,6 @@ import xentkit
 LEVELS = xentkit.simd_levels_available()
 
 
-@pytest.fixture(params=LEVELS)
-def level(request):
-    before = xentkit.simd_level()
-    xentkit.set_simd_level(request.param)
-    yield request.param
-    xentkit.set_simd_level(before)
-
-
 def _close(actual, expected, rtol=1e-5, atol=0.0):
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol,
                                atol=atol, equal_nan=True)

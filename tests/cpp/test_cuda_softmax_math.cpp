@@ -492,26 +492,33 @@ TYPED_TEST(CudaSoftmaxMath, SoftmaxAndLogSoftmax) {
   }
 }
 
+/// TF's softmax_cross_entropy_with_logits on d (probability targets in d.soft) against the
+/// kernels' replay: losses and gradient within rtol<T>() and `abs_tol`.
+template <typename T>
+void expect_tf_softmax_matches(Data<T>& d, double abs_tol) {
+  const size_t n = d.x.size(), np = static_cast<size_t>(d.positions());
+  std::vector<T> loss(np), grad(n), eloss(np), egrad(n);
+  xentkit::softmax_cross_entropy_with_logits(d.soft.data(), d.x.data(), d.outer, d.C, d.inner,
+                                             loss.data(), grad.data());
+  Call<T> P;
+  P.x = d.x.data();
+  P.soft = d.soft.data();
+  P.outer = d.outer, P.channels = d.C, P.inner = d.inner;
+  P.diff = egrad.data();
+  P.loss = eloss.data();
+  emulate(P);
+  EXPECT_TRUE(close_all(eloss, loss, rtol<T>(), abs_tol, "loss"));
+  EXPECT_TRUE(close_all(egrad, grad, rtol<T>(), abs_tol, "grad"));
+}
+
 TYPED_TEST(CudaSoftmaxMath, SoftmaxCrossEntropyWithLogits) {
   using T = TypeParam;
   std::mt19937_64 rng(std::random_device{}());
   for (const Shape& sh : kShapes) {
     auto d = make_data<T>(rng, sh.outer, sh.C, sh.inner, true, -100, false);
     for (size_t i = 0; i < d.soft.size(); i += 3) d.soft[i] *= T(1.5);  // rows not summing to 1
-    const size_t n = d.x.size(), np = static_cast<size_t>(d.positions());
-    std::vector<T> loss(np), grad(n), eloss(np), egrad(n);
-    xentkit::softmax_cross_entropy_with_logits(d.soft.data(), d.x.data(), d.outer, d.C, d.inner,
-                                               loss.data(), grad.data());
-    Call<T> P;
-    P.x = d.x.data();
-    P.soft = d.soft.data();
-    P.outer = d.outer, P.channels = d.C, P.inner = d.inner;
-    P.diff = egrad.data();
-    P.loss = eloss.data();
-    emulate(P);
     SCOPED_TRACE(::testing::Message() << "C=" << sh.C << " inner=" << sh.inner);
-    EXPECT_TRUE(close_all(eloss, loss, rtol<T>(), atol<T>(), "loss"));
-    EXPECT_TRUE(close_all(egrad, grad, rtol<T>(), atol<T>(), "grad"));
+    expect_tf_softmax_matches(d, atol<T>());
   }
 }
 
@@ -589,20 +596,8 @@ TYPED_TEST(CudaSoftmaxMath, OneHotTargetsOnConfidentRows) {
         d.x[i] = static_cast<T>(c == y ? 25.0 + nd(rng) : nd(rng));
       }
     }
-    const size_t n = d.x.size(), np = static_cast<size_t>(d.positions());
-    std::vector<T> loss(np), grad(n), eloss(np), egrad(n);
-    xentkit::softmax_cross_entropy_with_logits(d.soft.data(), d.x.data(), d.outer, d.C, d.inner,
-                                               loss.data(), grad.data());
-    Call<T> P;
-    P.x = d.x.data();
-    P.soft = d.soft.data();
-    P.outer = d.outer, P.channels = d.C, P.inner = d.inner;
-    P.diff = egrad.data();
-    P.loss = eloss.data();
-    emulate(P);
     SCOPED_TRACE(::testing::Message() << "C=" << sh.C << " inner=" << sh.inner);
-    EXPECT_TRUE(close_all(eloss, loss, rtol<T>(), 1e-300, "loss"));
-    EXPECT_TRUE(close_all(egrad, grad, rtol<T>(), 1e-300, "grad"));
+    expect_tf_softmax_matches(d, 1e-300);
   }
 }
 

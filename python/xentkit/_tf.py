@@ -46,9 +46,6 @@ def sigmoid_cross_entropy_with_logits(labels, logits, *, grad=False, stream=None
     Returns the losses (the logits' shape and dtype), or ``(loss, grad)`` with
     ``grad = sigmoid(x) - z``, the gradient of their sum (``grad`` may be an array to write into,
     ``logits`` itself included). Infinite logits give the limits (0 for x = +inf, z = 1).
-    On CUDA device logits (see the README section "CUDA") the labels must be on the same device
-    (real labels with the logits' dtype) and the results are device arrays of the logits' kind,
-    enqueued on ``stream``; ``sync=True`` waits for it and raises what only the device checks.
     """
     if _device.is_device_array(logits):
         return _device.sigmoid_cross_entropy_with_logits(labels, logits, grad=grad,
@@ -70,9 +67,6 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, *, grad=False, st
     (converted to the logits' dtype; rows need not sum to 1). Returns the losses (the logits'
     shape without `axis`), or ``(loss, grad)`` with the true derivative of their sum,
     ``grad = sum_c z[c] * softmax(x) - z`` (TF's ``softmax - z`` assumes rows summing to 1).
-    On CUDA device logits (see the README section "CUDA") the labels must be on the same device
-    (real labels with the logits' dtype) and the results are device arrays of the logits' kind,
-    enqueued on ``stream``; ``sync=True`` waits for it and raises what only the device checks.
     """
     if _device.is_device_array(logits):
         return _device.softmax_cross_entropy_with_logits(labels, logits, axis, grad=grad,
@@ -98,9 +92,6 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, *, grad=False, stre
     ``l = -log softmax(x)[label]`` for labels of shape ``logits.shape[:-1]`` and any integer
     dtype. A label outside [0, C) raises :class:`LabelError`. Returns the losses, or
     ``(loss, grad)`` with ``grad = softmax(x) - onehot(label)``.
-    On CUDA device logits (see the README section "CUDA") the labels must be on the same device
-    (real labels with the logits' dtype) and the results are device arrays of the logits' kind,
-    enqueued on ``stream``; ``sync=True`` waits for it and raises what only the device checks.
     """
     if _device.is_device_array(logits):
         return _device.sparse_softmax_cross_entropy_with_logits(labels, logits, grad=grad,
@@ -120,3 +111,16 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, *, grad=False, stre
         z.reshape(-1), contiguous(x0, cdt).reshape(-1), z0.size, x0.shape[-1], loss.reshape(-1),
         flat(gw))
     return _finish(loss, rdt, gw, go, grad)
+
+
+_DEVICE_NOTE = """
+    On CUDA device logits (see the README section "CUDA") the labels must be on the same device
+    (real labels with the logits' dtype; class indices of any integer dtype for the sparse
+    function) and the results are device arrays of the logits' kind, enqueued on ``stream``;
+    ``sync=True`` waits for it and raises what only the device checks.
+"""
+
+for _function in (sigmoid_cross_entropy_with_logits, softmax_cross_entropy_with_logits,
+                  sparse_softmax_cross_entropy_with_logits):
+    _function.__doc__ = (_function.__doc__ or "").rstrip() + "\n" + _DEVICE_NOTE
+del _function

@@ -75,6 +75,8 @@ struct SoftmaxProblem {
   T* loss = nullptr;               // outer*inner per-position losses
   double grad_scale = 1.0;
   double cap = 0.0;                // upper bound of -log p[y] (+inf for none)
+  double z_loss = 0.0;             // adds z_loss * w[y] * lse^2 per non-ignored position (xent)
+  double softcap = 0.0;            // > 0: logits x -> softcap * tanh(x / softcap) (0: none)
   const HalfSoftmaxIO* half = nullptr;  // float16 storage (T = float only)
 };
 

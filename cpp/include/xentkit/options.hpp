@@ -75,6 +75,12 @@ struct CrossEntropyOptions {
   /// Epsilon in [0, 1] (values above 1 throw; negative values act as 0, as in PyTorch).
   double label_smoothing = 0.0;
   double grad_output = 1.0;
+  /// z-loss coefficient (>= 0): adds z_loss * lse^2 per non-ignored position, weighted and
+  /// reduced as that position's cross-entropy term. Class indices only.
+  double z_loss = 0.0;
+  /// Logit soft-capping: every logit x becomes softcap * tanh(x / softcap) before the softmax
+  /// (> 0; 0 means none).
+  double softcap = 0.0;
 };
 
 /// PyTorch's nll_loss.

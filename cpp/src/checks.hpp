@@ -58,6 +58,16 @@ inline value_error no_class_error(const char* scores, const char* argument, int6
                      ")");
 }
 
+/// Probability targets (one row of `channels` targets per position) need at least one class when
+/// there is a position to score: a row over no classes has no softmax, so its loss is undefined.
+inline void check_probability_classes(const char* scores, int64_t positions, int64_t channels) {
+  if (positions > 0 && channels == 0) {
+    throw value_error(std::string(scores) +
+                      ": expected at least one class along the class axis, got 0 classes with " +
+                      std::to_string(positions) + " position(s) to score");
+  }
+}
+
 /// Label smoothing as PyTorch reads it: above 1 (or NaN) is an error, negative means none.
 inline double label_smoothing_of(double eps) {
   if (eps != eps || eps > 1.0) {

@@ -193,8 +193,8 @@ T cross_entropy(const T* input, const T* target, int64_t outer, int64_t channels
   const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
   detail::check_pointer("target", target, s.count);
   detail::check_output("grad", grad, input, s.count);
-  // The mean divides by numel / C, as PyTorch: 0 / 0 (NaN) when there are no classes.
-  const double positions = channels == 0 ? 0.0 : static_cast<double>(s.positions);
+  detail::check_probability_classes("input", s.positions, channels);
+  const double positions = static_cast<double>(s.positions);
   detail::SoftmaxProblem<T, int64_t> pb;
   pb.x = input;
   pb.soft = target;

@@ -38,6 +38,8 @@ void softmax_cross_entropy_with_logits(const T* labels, const T* logits, int64_t
   detail::check_pointer("labels", labels, count);
   detail::check_pointer("logits", logits, count);
   detail::check_output("grad", grad, logits, count);
+  detail::check_probability_classes("logits", detail::checked_mul("logits", outer, inner),
+                                    channels);
   detail::SoftmaxProblem<T, int64_t> pb;
   pb.x = logits;
   pb.soft = labels;

@@ -20,7 +20,7 @@ from ._caffe import sigmoid_cross_entropy_loss, softmax_with_loss
 from ._errors import CudaUnavailableError, LabelError
 from ._tf import (sigmoid_cross_entropy_with_logits, softmax_cross_entropy_with_logits,
                   sparse_softmax_cross_entropy_with_logits)
-from ._torch import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+from ._functional import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      log_softmax, nll_loss, softmax)
 
 __version__ = _core.__version__

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import _caffe, _tf, _torch
+from . import _caffe, _functional, _tf
 from ._arrays import compute_dtype, result_dtype
 
 __all__ = ["LOSSES", "Plan", "block_partial", "finish", "make_plan"]
@@ -45,15 +45,15 @@ LOSSES: Dict[str, LossInfo] = {
         _caffe.softmax_with_loss, ("scores", "labels"),
         ("axis", "ignore_label", "normalization", "normalize"), "caffe"),
     "binary_cross_entropy": LossInfo(
-        _torch.binary_cross_entropy, ("input", "target"), ("weight", "reduction"), "torch"),
+        _functional.binary_cross_entropy, ("input", "target"), ("weight", "reduction"), "torch"),
     "binary_cross_entropy_with_logits": LossInfo(
-        _torch.binary_cross_entropy_with_logits, ("input", "target"),
+        _functional.binary_cross_entropy_with_logits, ("input", "target"),
         ("weight", "pos_weight", "reduction"), "torch"),
     "cross_entropy": LossInfo(
-        _torch.cross_entropy, ("input", "target"),
+        _functional.cross_entropy, ("input", "target"),
         ("weight", "ignore_index", "reduction", "label_smoothing"), "torch"),
     "nll_loss": LossInfo(
-        _torch.nll_loss, ("input", "target"), ("weight", "ignore_index", "reduction"), "torch"),
+        _functional.nll_loss, ("input", "target"), ("weight", "ignore_index", "reduction"), "torch"),
     "sigmoid_cross_entropy_with_logits": LossInfo(
         _tf.sigmoid_cross_entropy_with_logits, ("logits", "labels"), (), "tf"),
     "softmax_cross_entropy_with_logits": LossInfo(

@@ -207,7 +207,7 @@ def binary_cross_entropy(input, target, weight=None, *, reduction="mean"):
     the input's shape, cut with the rows). ``"mean"`` divides the sum of
     ``-w * (t*max(log p, -100) + (1-t)*max(log(1-p), -100))`` by the element count of the whole
     array; returns a lazy 0-d float64 array, or for ``"none"`` the lazy per-element losses."""
-    return _torch("binary_cross_entropy", _partial._torch.binary_cross_entropy, input, target,
+    return _torch("binary_cross_entropy", _partial._functional.binary_cross_entropy, input, target,
                   {"weight": weight}, {}, reduction)
 
 
@@ -217,7 +217,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
     :func:`binary_cross_entropy`): per element ``w * ((1 - t) * x + L * log(1 + exp(-x)))`` with
     ``L = 1 + (pos_weight - 1) * t``; ``"mean"`` divides by the element count."""
     return _torch("binary_cross_entropy_with_logits",
-                  _partial._torch.binary_cross_entropy_with_logits, input, target,
+                  _partial._functional.binary_cross_entropy_with_logits, input, target,
                   {"weight": weight, "pos_weight": pos_weight}, {}, reduction)
 
 
@@ -230,7 +230,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     with probabilities by the number of positions N*d1*...; label smoothing as the eager
     function. Returns a lazy 0-d float64 array, or for ``"none"`` the lazy per-position losses
     (N, d1, ...)."""
-    return _torch("cross_entropy", _partial._torch.cross_entropy, input, target,
+    return _torch("cross_entropy", _partial._functional.cross_entropy, input, target,
                   {"weight": weight},
                   {"ignore_index": ignore_index, "label_smoothing": label_smoothing}, reduction)
 
@@ -238,7 +238,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):
     """PyTorch's nll_loss over row blocks: ``-w[y] * input[y]`` per position, means as
     :func:`cross_entropy` with class indices."""
-    return _torch("nll_loss", _partial._torch.nll_loss, input, target, {"weight": weight},
+    return _torch("nll_loss", _partial._functional.nll_loss, input, target, {"weight": weight},
                   {"ignore_index": ignore_index}, reduction)
 
 
@@ -287,9 +287,9 @@ def _softmax_like(fn, input, dim):
 def log_softmax(input, dim=-1):
     """``xentkit.log_softmax`` block by block (rows along axis 0; `dim` >= 1 or the whole array
     as one block)."""
-    return _softmax_like(_partial._torch.log_softmax, input, dim)
+    return _softmax_like(_partial._functional.log_softmax, input, dim)
 
 
 def softmax(input, dim=-1):
     """``xentkit.softmax`` block by block (rows along axis 0; `dim` >= 1 or one block)."""
-    return _softmax_like(_partial._torch.softmax, input, dim)
+    return _softmax_like(_partial._functional.softmax, input, dim)

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from references import central_difference  # noqa: F401  (re-exported)
+from ref_softmax_family import check_classes
 
 EPS12 = float(np.float32(1e-12))  # 9.999999960041972e-13
 LOG_CLAMP = -100.0
@@ -174,6 +175,7 @@ def softmax_tf_ref(labels, logits, axis=-1):
     ax = axis % x.ndim
     xm = np.moveaxis(x, ax, -1)
     zm = np.moveaxis(z, ax, -1)
+    check_classes(math.prod(xm.shape[:-1]), xm.shape[-1])
     lp = _log_softmax_last(xm)
     with np.errstate(invalid="ignore"):
         terms = np.where(zm == 0, 0.0, zm * lp)

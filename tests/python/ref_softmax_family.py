@@ -43,6 +43,18 @@ class ReferenceLabelError(ValueError):
         self.index = index
 
 
+class ReferenceNoClassError(ValueError):
+    """Probability targets over a class axis of length 0 with positions to score (SPEC 1.5)."""
+
+    def __init__(self, positions):
+        super().__init__(f"0 classes with {positions} position(s) to score")
+
+
+def check_classes(positions, c):
+    if positions > 0 and c == 0:
+        raise ReferenceNoClassError(positions)
+
+
 # ----------------------------------------------------------------------------------------------
 # log_softmax / softmax along any dimension
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +222,7 @@ def cross_entropy_probs(x, target, weight=None, *, reduction="mean", label_smoot
     x = np.asarray(x, dtype=np.float64)
     x3 = as_ncl(x)
     n, c, l = x3.shape
+    check_classes(n * l, c)
     q = as_ncl(np.asarray(target, dtype=np.float64))
     w = _weights(weight, c)
     eps = max(float(label_smoothing), 0.0)

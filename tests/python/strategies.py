@@ -352,6 +352,8 @@ def cross_entropy_case(draw, regime="moderate", function="cross_entropy"):
 
     def ref():
         if c == 0:  # no class: index targets are valid only when all are ignored
+            if probs:  # probability rows over no classes are an error when there are any
+                rs.check_classes(math.prod(rs.loss_shape(x.shape)), c)
             return _no_class_reference(x, target, kwargs,
                                        np.zeros(0, bool) if probs else valid)
         return ref_fn(x, target, weight, **kwargs)

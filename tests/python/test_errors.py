@@ -212,6 +212,39 @@ def test_no_classes_with_positions(shape, lshape):
         swl(np.zeros(shape), np.zeros(lshape, dtype=np.int64), axis=0 if len(shape) == 1 else 1)
 
 
+_NO_CLASS = "at least one class along the class axis, got 0 classes"
+
+
+@pytest.mark.parametrize("shape, axis", [((1, 0), -1), ((0,), -1), ((3, 0, 4), 1), ((2, 3, 0), -1)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_probability_rows_over_no_classes(shape, axis, dtype):
+    """Rows of zero classes with positions to score raise ValueError (SPEC 1.5), on every
+    softmax loss with probability targets; the gradient buffer stays untouched."""
+    x = np.zeros(shape, dtype=dtype)
+    z = np.zeros(shape, dtype=dtype)
+    buf = np.full(shape, np.nan, dtype=dtype)
+    with pytest.raises(ValueError, match=_NO_CLASS):
+        xentkit.softmax_cross_entropy_with_logits(z, x, axis=axis, grad=buf)
+    if axis in (1, -1) and (axis == 1 or len(shape) == 2):  # PyTorch's class dimension is 1
+        with pytest.raises(ValueError, match=_NO_CLASS):
+            xentkit.cross_entropy(x, z, reduction="none", grad=buf)
+        with pytest.raises(ValueError, match=_NO_CLASS):
+            xentkit.cross_entropy(x, z, reduction="mean")
+    assert np.isnan(buf).all()
+
+
+def test_no_classes_without_positions_is_empty():
+    """A class axis of length 0 with no position to score is an empty input: no error, and the
+    softmax functions return their empty results (as PyTorch)."""
+    loss, grad = xentkit.softmax_cross_entropy_with_logits(np.zeros((0, 0)), np.zeros((0, 0)),
+                                                           grad=True)
+    assert loss.shape == (0,) and grad.shape == (0, 0)
+    assert xentkit.cross_entropy(np.zeros((0, 0)), np.zeros((0, 0)), reduction="none").shape == (0,)
+    for fn in (xentkit.log_softmax, xentkit.softmax):
+        assert fn(np.zeros((1, 0)), dim=-1).shape == (1, 0)
+
+
 def test_empty_softmax():
     for shape, lshape in [((0, 5), (0,)), ((0, 0), (0,)), ((3, 5, 0), (3, 0)), ((0, 5, 2), (0, 2))]:
         for dtype in (np.float16, np.float32, np.float64):

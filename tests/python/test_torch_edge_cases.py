@@ -44,13 +44,22 @@ def test_label_far_below_max_matches_torch():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_probability_targets_without_classes_mean_is_nan(label_smoothing):
-    """numel / C = 0 / 0, as PyTorch: the mean over no classes is NaN, the sum 0."""
+def test_probability_targets_without_classes_raise(label_smoothing, reduction):
+    """Positions to score over a class axis of length 0 raise ValueError (SPEC 1.5), where
+    PyTorch returns NaN for the mean (numel / C = 0 / 0) and 0 for the sum: a row without
+    classes has no softmax, so no loss. Without positions the input is simply empty."""
     x = np.zeros((3, 0, 2))
-    assert math.isnan(xentkit.cross_entropy(x, x.copy(), label_smoothing=label_smoothing))
-    assert xentkit.cross_entropy(x, x.copy(), reduction="sum") == 0.0
-    assert xentkit.cross_entropy(x, x.copy(), reduction="none").shape == (3, 2)
+    with pytest.raises(ValueError, match="0 classes with 6 position"):
+        xentkit.cross_entropy(x, x.copy(), label_smoothing=label_smoothing, reduction=reduction)
+    empty = np.zeros((0, 0, 2))
+    out = xentkit.cross_entropy(empty, empty.copy(), label_smoothing=label_smoothing,
+                                reduction=reduction)
+    if reduction == "none":
+        assert out.shape == (0, 2)
+    else:
+        assert (math.isnan(out) if reduction == "mean" else out == 0.0), out
 
 
 @pytest.mark.parametrize("function", [xentkit.cross_entropy, xentkit.nll_loss])

@@ -1,4 +1,5 @@
-"""PyTorch-compatible losses (torch.nn.functional) on NumPy arrays."""
+"""PyTorch-compatible losses (the functions of torch.nn.functional) on NumPy arrays; the autograd
+operations on torch.Tensors are in the xentkit.torch package."""
 
 from __future__ import annotations
 

@@ -242,14 +242,21 @@ def _save_output(ctx, inputs, output):
     ctx.dim = inputs[1]
 
 
+def _wide(t):
+    """16-bit tensors in float32 for the backward formulas (rounded once at the end)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _log_softmax_backward(ctx, grad):
     (out,) = ctx.saved_tensors
-    return grad - out.exp() * grad.sum(ctx.dim, keepdim=True), None
+    g, o = _wide(grad), _wide(out)
+    return (g - o.exp() * g.sum(ctx.dim, keepdim=True)).to(grad.dtype), None
 
 
 def _softmax_backward(ctx, grad):
     (out,) = ctx.saved_tensors
-    return out * (grad - (grad * out).sum(ctx.dim, keepdim=True)), None
+    g, o = _wide(grad), _wide(out)
+    return (o * (g - (g * o).sum(ctx.dim, keepdim=True))).to(grad.dtype), None
 
 
 log_softmax_op.register_fake(_like)

@@ -260,6 +260,76 @@ def run_threads(repeat=7, quick=False, seed=0):
     return rows
 
 
+TORCH_SHAPES = SOFTMAX_SHAPES
+TORCH_QUICK_SHAPES = QUICK_SHAPES[:1]
+
+
+def run_torch(repeat=7, threads=1, quick=False, seed=0):
+    """One training step's loss forward + backward on CPU tensors: xentkit.torch against
+    F.cross_entropy eager and under torch.compile, and against the raw NumPy call on the same
+    data. Rows are empty without PyTorch."""
+    torch = _torch()
+    if torch is None:
+        return []
+    import xentkit
+    import xentkit.torch as xt
+
+    F = torch.nn.functional
+    before, torch_before = xentkit.get_num_threads(), torch.get_num_threads()
+    xentkit.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    rows = []
+    try:
+        compiled = torch.compile(lambda x, t: F.cross_entropy(x, t), dynamic=False)
+        for name, shape in (TORCH_QUICK_SHAPES if quick else TORCH_SHAPES):
+            x = rng.normal(size=shape).astype(np.float32)
+            t = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])
+            out = np.empty_like(x)
+            tx = torch.from_numpy(x.copy()).requires_grad_()
+            ty = torch.from_numpy(t)
+
+            def step(loss_fn):
+                def go():
+                    tx.grad = None
+                    loss_fn(tx, ty).backward()
+                return go
+
+            times = _time_group({
+                "xt": step(xt.cross_entropy),
+                "eager": step(F.cross_entropy),
+                "compile": step(compiled),
+                "numpy": lambda: xentkit.cross_entropy(x, t, grad=out),
+                "copy": lambda: np.copyto(out, x),
+            }, repeat)
+            r = _row(f"torch fwd+bwd {name}", x.size, times, xk="xt", base="eager")
+            r["eager/xt"] = times["eager"] / times["xt"]
+            r["compile/xt"] = times["compile"] / times["xt"]
+            r["xt/numpy"] = times["xt"] / times["numpy"]
+            rows.append(r)
+
+        xs = torch.randn(1, 10, requires_grad=True)
+        ts = torch.tensor([3])
+        calls = 500
+
+        def many(loss_fn):
+            def go():
+                for _ in range(calls):
+                    xs.grad = None
+                    loss_fn(xs, ts).backward()
+            return go
+
+        times = _time_group({"xt": many(xt.cross_entropy), "eager": many(F.cross_entropy)},
+                            repeat)
+        rows.append({"case": "torch fwd+bwd 1x10 (us per step)", "elements": 10,
+                     "xt_us": times["xt"] / calls * 1e6, "eager_us": times["eager"] / calls * 1e6,
+                     "eager/xt": times["eager"] / times["xt"]})
+    finally:
+        xentkit.set_num_threads(before)
+        torch.set_num_threads(torch_before)
+    return rows
+
+
 def _machine():
     name = platform.processor() or platform.machine()
     try:
@@ -298,14 +368,18 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke test)")
     p.add_argument("--no-thread-scaling", action="store_true",
                    help="skip the one-against-two-threads table")
+    p.add_argument("--no-torch", action="store_true",
+                   help="skip the xentkit.torch table (forward+backward on CPU tensors)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.threads < 1:
         p.error("--repeat and --threads must be at least 1")
     info, rows = run(args.repeat, args.threads, args.quick)
     scaling = [] if args.no_thread_scaling else run_threads(args.repeat, args.quick)
+    torch_rows = [] if args.no_torch else run_torch(args.repeat, args.threads, args.quick)
     if args.json:
-        print(json.dumps({"info": info, "rows": rows, "threads": scaling}, indent=1))
+        print(json.dumps({"info": info, "rows": rows, "threads": scaling, "torch": torch_rows},
+                         indent=1))
         return 0
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
     print("\nns per element (median of %d); ratios within the run\n" % args.repeat)
@@ -322,6 +396,15 @@ def main(argv=None):
           "\nkernels' order, 256 positions of every class at a time\n")
     print(format_table([r for r in rows if "2copy_ns" in r or "exp_ns" in r],
                        ["xk_ns", "torch/8_ns", "2copy_ns", "tiled_ns", "torch/6_ns", "exp_ns"]))
+    if torch_rows:
+        print("\nxentkit.torch: one training step's loss forward+backward on CPU tensors (xt),"
+              "\nagainst F.cross_entropy eager and under torch.compile, and the NumPy call\n")
+        print(format_table([r for r in torch_rows if "xt_ns" in r],
+                           ["xt_ns", "eager_ns", "compile_ns", "numpy_ns", "eager/xt",
+                            "compile/xt", "xt/numpy"]))
+        print()
+        print(format_table([r for r in torch_rows if "xt_us" in r],
+                           ["xt_us", "eager_us", "eager/xt"]))
     if scaling:
         print("\none thread against two\n")
         print(format_table(scaling, ["t1_ns", "t2_ns", "speedup", "bit-identical"]))

@@ -12,7 +12,7 @@ from xentkit.__main__ import main
 
 def test_bench_quick_json(capsys, restore_threads):
     before = xentkit.get_num_threads()
-    assert main(["bench", "--quick", "--repeat", "1", "--json"]) == 0
+    assert main(["bench", "--quick", "--repeat", "1", "--json", "--no-torch"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["info"]["simd"] == xentkit.simd_level()
     assert out["info"]["threads"] == 1 and out["info"]["repeat"] == 1
@@ -31,7 +31,7 @@ def test_bench_quick_json(capsys, restore_threads):
 
 
 def test_bench_table_and_errors(capsys):
-    assert main(["bench", "--quick", "--repeat", "1", "--no-thread-scaling"]) == 0
+    assert main(["bench", "--quick", "--repeat", "1", "--no-thread-scaling", "--no-torch"]) == 0
     text = capsys.readouterr().out
     assert "| case" in text and "softmax loss+grad 256x1000" in text and "tiny call" in text
     assert "one thread against two" not in text
@@ -48,3 +48,16 @@ def test_format_table_aligns_columns():
     lines = _bench.format_table(rows, ["x_ns", "ok"]).splitlines()
     assert len({len(line) for line in lines}) == 1
     assert "1.23" in lines[2] and "123" in lines[3] and "yes" in lines[2] and "-" in lines[3]
+
+
+def test_bench_torch_table(capsys, restore_threads):
+    import pytest
+
+    pytest.importorskip("torch")
+    rows = _bench.run_torch(repeat=1, quick=True)
+    cases = [r["case"] for r in rows]
+    assert cases == ["torch fwd+bwd 256x1000", "torch fwd+bwd 1x10 (us per step)"]
+    for row in rows:
+        for key, value in row.items():
+            if key.endswith("_ns") or key.endswith("_us") or "/" in key:
+                assert isinstance(value, float) and value > 0 and math.isfinite(value), (row, key)

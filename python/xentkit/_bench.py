@@ -267,7 +267,8 @@ TORCH_QUICK_SHAPES = QUICK_SHAPES[:1]
 def run_torch(repeat=7, threads=1, quick=False, seed=0):
     """One training step's loss forward + backward on CPU tensors: xentkit.torch against
     F.cross_entropy eager and under torch.compile, and against the raw NumPy call on the same
-    data. Rows are empty without PyTorch."""
+    data (``grad=True``: it allocates its gradient, as the tensor call does). Rows are empty
+    without PyTorch."""
     torch = _torch()
     if torch is None:
         return []
@@ -299,7 +300,7 @@ def run_torch(repeat=7, threads=1, quick=False, seed=0):
                 "xt": step(xt.cross_entropy),
                 "eager": step(F.cross_entropy),
                 "compile": step(compiled),
-                "numpy": lambda: xentkit.cross_entropy(x, t, grad=out),
+                "numpy": lambda: xentkit.cross_entropy(x, t, grad=True),
                 "copy": lambda: np.copyto(out, x),
             }, repeat)
             r = _row(f"torch fwd+bwd {name}", x.size, times, xk="xt", base="eager")

@@ -62,7 +62,7 @@ def tensor(value, like):
     if isinstance(value, torch.Tensor):
         return value if value.dtype == like.dtype else value.to(like.dtype)
     if isinstance(value, float):
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
+        return torch.scalar_tensor(value, dtype=like.dtype, device=like.device)
     if _BFLOAT16 is not None and value.dtype == _BFLOAT16:
         return torch.from_numpy(value.view("int16")).view(torch.bfloat16)
     out = torch.from_numpy(value)

@@ -25,6 +25,21 @@ def _eager(input):
             and input.device.type in ("cpu", "cuda"))
 
 
+_SMALL_REDUCTIONS = {"mean": 1, "sum": 2}
+_SMALL_DTYPES = (torch.float32, torch.float64)
+
+
+def _small(input, target):
+    """The case of the binding's short path, on an eager CPU call that needs the gradient."""
+    return (type(input) is torch.Tensor and type(target) is torch.Tensor
+            and input.dtype in _SMALL_DTYPES and target.dtype == torch.int64
+            and input.device.type == "cpu" and target.device.type == "cpu"
+            and input.ndim == 2 and target.ndim == 1 and input.requires_grad
+            and not target.requires_grad and input.is_contiguous() and target.is_contiguous()
+            and target.shape[0] == input.shape[0] and input.numel() > 0
+            and torch.is_grad_enabled() and not torch.compiler.is_compiling())
+
+
 def _reduction(reduction):
     if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
@@ -81,6 +96,11 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
 
     Class indices or class probabilities as targets; the gradient comes from the forward pass.
     """
+    if (weight is None and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0
+            and softcap is None and inplace_grad is False and _small(input, target)):
+        red = _SMALL_REDUCTIONS.get(reduction)
+        if red is not None:
+            return _ops.SmallCrossEntropy.apply(input, target, red)
     _input(input)
     _no_grad_for("cross_entropy", target=target, weight=weight)
     options = (int(ignore_index), _reduction(reduction), _real(label_smoothing, "label_smoothing"),

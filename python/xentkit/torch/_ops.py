@@ -18,6 +18,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 import xentkit as _xk
+from xentkit import _core
 
 from . import _bridge
 
@@ -216,6 +217,25 @@ class Fused(torch.autograd.Function):
         _no_second_derivative(ctx.name)
         (grad,) = ctx.saved_tensors
         return (None, None, None, _scale(grad, grad_loss, eager=True)) + (None,) * ctx.nargs
+
+
+class SmallCrossEntropy(torch.autograd.Function):
+    """The plainest eager cross_entropy (2-D contiguous float32/float64 CPU logits, int64
+    targets, no option but the reduction), with nothing between autograd and the binding's short
+    path: a small batch then costs what a trivial autograd.Function costs."""
+
+    @staticmethod
+    def forward(ctx, input, target, reduction):
+        loss, grad = _core.cross_entropy_small(input.detach().numpy(), target.numpy(),
+                                               reduction, True)
+        ctx.save_for_backward(torch.from_numpy(grad))
+        return torch.scalar_tensor(loss, dtype=input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        _no_second_derivative("cross_entropy")
+        (grad,) = ctx.saved_tensors
+        return _scale(grad, grad_loss, eager=True), None, None
 
 
 # log_softmax / softmax: the output is saved and the usual formulas give the input's gradient

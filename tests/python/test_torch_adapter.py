@@ -471,18 +471,26 @@ def test_non_contiguous_input(gen):
 
 
 def test_cpu_tensors_are_read_in_place(gen, monkeypatch):
-    x = torch.randn(6, 4, generator=gen)
+    from xentkit import _core
+
+    x = torch.randn(6, 4, generator=gen, requires_grad=True)
     t = torch.randint(0, 4, (6,), generator=gen)
     seen = []
-    real = xentkit.cross_entropy
 
-    def spy(input, *args, **kwargs):
-        seen.append(input)
-        return real(input, *args, **kwargs)
+    def spy(module, name):
+        real = getattr(module, name)
 
-    monkeypatch.setattr(xentkit, "cross_entropy", spy)
-    xt.cross_entropy(x.requires_grad_(True), t).backward()
-    assert seen and np.shares_memory(seen[0], x.detach().numpy())
+        def call(input, *args, **kwargs):
+            seen.append(input)
+            return real(input, *args, **kwargs)
+        monkeypatch.setattr(module, name, call)
+
+    spy(xentkit, "cross_entropy")
+    spy(_core, "cross_entropy_small")
+    xt.cross_entropy(x, t).backward()  # the short path
+    xt.cross_entropy(x, t, torch.ones(4)).backward()  # the general one
+    assert len(seen) == 2
+    assert all(np.shares_memory(a, x.detach().numpy()) for a in seen)
 
 
 @pytest.mark.parametrize("fn", ["cross_entropy", "binary_cross_entropy_with_logits"])

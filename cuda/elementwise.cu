@@ -15,7 +15,7 @@
 
 #include "common.cuh"
 #include "elementwise_math.hpp"
-#include "plan.hpp"
+#include "device_plan.hpp"
 
 namespace xentkit::cuda::detail {
 namespace {

@@ -16,8 +16,6 @@ OUT="${OUT:-./gpu_out}"
 PYTHON="${PYTHON:-python3}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 4)}"
 BUILD="${BUILD:-build/gpu}"
-# The device's own architecture only (the default build also makes sm_75/sm_80 SASS: slower).
-export CUDAARCHS="${CUDAARCHS:-native}"
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
@@ -55,6 +53,13 @@ if ! command -v nvidia-smi >/dev/null 2>&1 ||
 fi
 nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv \
   >>"$SUMMARY" 2>&1 || true
+# The device's own architecture only, SASS and PTX (the default list also makes sm_75 and sm_80
+# SASS: a slower build).
+if [ -z "${CUDAARCHS:-}" ]; then
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+  if [[ "$cap" =~ ^[0-9]+$ ]]; then export CUDAARCHS="$cap"; fi
+fi
+echo "CUDAARCHS=${CUDAARCHS:-default}" >>"$SUMMARY"
 
 # ---- 1. build: the package (CUDA kernels) and the C++ tests in one tree ----------------------
 export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"

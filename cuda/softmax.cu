@@ -367,7 +367,8 @@ struct WarpPositionRow {
 /// Force-inlined: a row held in registers (WarpRow) whose address escaped into a call would live
 /// in local memory.
 template <typename S, typename Row>
-__device__ __forceinline__ void process_row(const Row& row, const Params& P, const Consts<typename Row::R>& k,
+__device__ __forceinline__ void process_row(const Row& row, const Params& P,
+                                            const Consts<typename Row::R>& k,
                             int64_t pos, double& acc, double& acc_nll) {
   using R = typename Row::R;
   const int64_t C = P.channels;

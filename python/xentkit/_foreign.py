@@ -24,7 +24,9 @@ from . import _core
 def describe(obj):
     """The qualified type name of `obj`, for messages."""
     cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 KDL_CPU = 1

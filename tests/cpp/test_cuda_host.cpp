@@ -624,7 +624,8 @@ TEST(CudaHostPlans, BinaryGradOverlappingTargetIsRefused) {
   EXPECT_EQ(a.kind, "value");
   EXPECT_NE(a.what.find("grad"), std::string::npos) << a.what;
   EXPECT_NE(a.what.find("target"), std::string::npos) << a.what;
-  EXPECT_NO_THROW((void)xd::plan_binary_cross_entropy<double>(x.data(), t.data(), 8, Broadcast<double>{},
+  EXPECT_NO_THROW((void)xd::plan_binary_cross_entropy<double>(x.data(), t.data(), 8,
+                                                              Broadcast<double>{},
                                                       nullptr, x.data(), nullptr, o));
   EXPECT_NO_THROW((void)xd::plan_binary_cross_entropy_with_logits<double>(
       x.data(), t.data(), 8, Broadcast<double>{}, Broadcast<double>{}, nullptr, t.data(),

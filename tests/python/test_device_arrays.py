@@ -415,7 +415,8 @@ class FakeArray:
     """What _core.device_empty / device_workspace return."""
 
     def __init__(self, ptr, shape=(), dtype="float32", device=0, stream=0):
-        self.ptr, self.shape, self.dtype, self.device, self.stream = ptr, shape, dtype, device, stream
+        self.ptr, self.shape, self.dtype = ptr, shape, dtype
+        self.device, self.stream = device, stream
 
 
 class FakeCore:

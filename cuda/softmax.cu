@@ -881,6 +881,7 @@ int launch_cluster(const Params& P, const RowLimits& lim, cudaStream_t stream) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
+  // A refused launch stays the runtime's last error: check_launch() throws it for the call.
   (void)cudaLaunchKernelEx(&cfg, rows_cluster_kernel<S>, P, cs.slice);
   return static_cast<int>(clusters * cs.ranks);
 }

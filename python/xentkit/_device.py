@@ -230,7 +230,11 @@ class Call:
     def start(self):
         """Checks availability and the devices, makes the input's device current and makes the
         call's stream wait for every argument's producer stream (see producer_stream)."""
-        require_cuda(self.main)
+        try:
+            require_cuda(self.main)
+        except BaseException:
+            self.abort()  # nothing was enqueued: the DLPack tensors go back now
+            raise
         devices = {}
         for a in self.args:
             if a.device is None:

@@ -216,6 +216,7 @@ def test_dlpack_tensor_released_after_a_refused_call():
     t = FakeDLPack((4,), code=0, bits=64)
     with pytest.raises(xentkit.CudaUnavailableError):
         xentkit.cross_entropy(x, t)
+    assert x.deleted == 1 and t.deleted == 1  # at once, not at garbage collection
     import gc
 
     gc.collect()

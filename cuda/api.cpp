@@ -65,15 +65,22 @@ void check_launch(const char* what) {
   }
 }
 
-void submit(SoftmaxPlan& plan, const Launch& launch, const char* what) {
+/// require_device(), and the kernels of this build load on the current device.
+void require_kernels(const char* what) {
   require_device(what);
+  const char* problem = kernel_image_problem();
+  if (*problem != '\0') throw unavailable_error(std::string(what) + ": " + problem);
+}
+
+void submit(SoftmaxPlan& plan, const Launch& launch, const char* what) {
+  require_kernels(what);
   check_workspace(launch.workspace, what);
   plan.workspace = launch.workspace;
   detail::launch(plan, launch.stream);
 }
 
 void submit(ElementPlan& plan, const Launch& launch, const char* what) {
-  require_device(what);
+  require_kernels(what);
   check_workspace(launch.workspace, what);
   plan.workspace = launch.workspace;
   detail::launch(plan, launch.stream);
@@ -161,6 +168,29 @@ void stream_wait(stream_t waiter, stream_t producer) {
 void synchronize(stream_t stream) {
   require_device("synchronize");
   checked("cudaStreamSynchronize", cudaStreamSynchronize(native(stream)));
+}
+
+void* record_event(stream_t stream) {
+  require_device("record_event");
+  cudaEvent_t event = nullptr;
+  checked("cudaEventCreateWithFlags", cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  const cudaError_t e = cudaEventRecord(event, native(stream));
+  if (e != cudaSuccess) {
+    (void)cudaEventDestroy(event);
+    refused("cudaEventRecord", e);
+  }
+  return event;
+}
+
+bool event_done(void* event) {
+  const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  if (e == cudaErrorNotReady) return false;
+  if (e != cudaSuccess) refused("cudaEventQuery", e);
+  return true;
+}
+
+void destroy_event(void* event) noexcept {
+  if (event != nullptr) (void)cudaEventDestroy(static_cast<cudaEvent_t>(event));
 }
 
 void copy_to_host(void* dst, const void* src, std::size_t bytes, stream_t stream) {

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "plan.hpp"
+#include "device_plan.hpp"
 #include "xentkit/detail/labels.hpp"
 
 namespace xentkit::cuda::detail {

@@ -15,7 +15,7 @@
 
 #include "common.cuh"
 #include "elementwise_math.hpp"
-#include "plan.hpp"
+#include "device_plan.hpp"
 
 namespace xentkit::cuda::detail {
 namespace {
@@ -288,7 +288,10 @@ void launch_typed(const ElementPlan& plan, cudaStream_t stream) {
   S* loss = static_cast<S*>(plan.loss);
 
   // The error record (and the target slot inside it) starts at 0.
-  (void)cudaMemsetAsync(&ws->error, 0, sizeof(Workspace) - offsetof(Workspace, error), stream);
+  if (cudaMemsetAsync(&ws->error, 0, sizeof(Workspace) - offsetof(Workspace, error), stream) !=
+      cudaSuccess) {
+    check_launch("elementwise: clearing the workspace record");
+  }
   check_launch("elementwise");
 
   const int64_t n = plan.n > 0 ? plan.n : 0;

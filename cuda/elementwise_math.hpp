@@ -16,7 +16,7 @@ namespace xentkit::cuda::detail::elem {
 // ---- the partition of the main kernel (depends only on n and the element size) ---------------
 
 inline constexpr int kThreads = 256;   // threads per block of every elementwise kernel
-inline constexpr int kMaxGrid = 512;   // = kMaxBlocks of plan.hpp
+inline constexpr int kMaxGrid = 512;   // = kMaxBlocks of device_plan.hpp
 
 /// Elements per chunk: one 16-byte vector of the storage type. Chunk c holds elements
 /// [c * V, min(n, (c + 1) * V)); the global thread g (block b, thread j: g = b * kThreads + j)

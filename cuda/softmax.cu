@@ -6,7 +6,8 @@
 //       - C <= 1024 (float64: 512): one warp per row, the row held in registers (K = 1..32
 //         values per lane, class c = j * 32 + lane: every load and store is one coalesced
 //         128-byte access per warp), eight rows per block at a time. x is read once.
-//       - larger C whose row fits kStageBytes (96 KiB): one block per row, the row copied into
+//       - larger C whose row fits the staging limit (96 KiB, less where the device's opt-in
+//         limit is lower; cuda/softmax_launch.hpp): one block per row, the row copied into
 //         dynamic shared memory in its storage type (16-byte loads when aligned), so x is read
 //         from global memory once and every output written once.
 //       - longer rows (the 128k-256k vocabularies) on sm_90: a thread-block cluster of 2..8
@@ -17,7 +18,10 @@
 //         memory three times (max, statistics, outputs); the later sweeps mostly hit L2.
 //     No layout keeps a register array it cannot hold, so nothing spills.
 //   * inner > 1 ("positions", e.g. (N, C, H, W)): one thread per position, looping over the
-//     channels with stride inner (coalesced across the threads of a warp), three sweeps.
+//     channels with stride inner (coalesced across the threads of a warp), three sweeps; with a
+//     long class axis and few positions, one warp per position (the classes split over its lanes).
+//   * nll of rows beyond the warp layout reads x[y] alone: the sweeping block kernel, no staging.
+// The shared-memory limits and the cluster decisions are made once per device (row_limits).
 // Launch sequence per call: zero the workspace's error record; for data-dependent divisors a
 // pre-pass over the labels (per-block counts and weight sums) and a one-block kernel combining
 // them into the divisor and the gradient scale; the main kernel; a one-block finalize kernel,
@@ -35,9 +39,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 
 #include "common.cuh"
-#include "plan.hpp"
+#include "device_plan.hpp"
+#include "softmax_launch.hpp"
 #include "softmax_math.hpp"
 
 namespace xentkit::cuda::detail {
@@ -47,13 +53,12 @@ namespace m = math;
 using m::Extra;
 using m::Stats;
 
-constexpr int kRowsWarps = 8;             // warps per block of the warp-per-row kernel
-constexpr int kBlockThreads = 512;        // threads of the block-per-row kernel
-constexpr int kPosThreads = 256;          // threads of the positions and pre-pass kernels
-constexpr int64_t kStageBytes = 96 * 1024;  // largest row staged in shared memory
+namespace ls = launch_shape;
+using ls::kBlockThreads;
+using ls::kClusterStageBytes;
+using ls::kPosThreads;
+using ls::kRowsWarps;
 constexpr int64_t kNoIndex = INT64_MAX;
-constexpr int kClusterMax = 8;                   // blocks per cluster (the portable limit)
-constexpr int64_t kClusterStageBytes = 160 * 1024;  // shared memory per block of a cluster
 
 /// Everything a main kernel reads, by value.
 struct Params {
@@ -327,12 +332,43 @@ struct ThreadRow {
   __device__ __forceinline__ void max(R&, int64_t&) const {}
 };
 
+/// One warp, one position (o, s) of a long class axis: class c = lane + j * 32 at
+/// x[base + c * inner], swept in global memory (the positions layout with a large C).
+template <typename S>
+struct WarpPositionRow {
+  using R = typename ComputeOf<S>::R;
+  const S* x;
+  int64_t base, C, inner;
+  int lane;
+  template <typename F> __device__ __forceinline__ void each(F&& f) const {
+    for (int64_t c = lane; c < C; c += 32) f(c, to_compute(x[base + c * inner]));
+  }
+  __device__ __forceinline__ int64_t offset(int64_t c) const { return base + c * inner; }
+  __device__ __forceinline__ bool leader() const { return lane == 0; }
+  __device__ __forceinline__ void sync() const { __syncwarp(); }
+  __device__ __forceinline__ R sum(R s) const { return warp_sum(s); }
+  __device__ __forceinline__ void reduce(Stats<R>& st, bool extra) const {
+    reduce_fields(*this, st, extra);
+    __syncwarp();  // every lane has read x[y] (zy) before any lane writes diff (may alias x)
+  }
+  __device__ __forceinline__ void max(R& mx, int64_t& am) const {
+    for (int o = 16; o > 0; o >>= 1) {
+      const R m2 = __shfl_xor_sync(0xffffffffu, mx, o);
+      const int64_t a2 = __shfl_xor_sync(0xffffffffu, am, o);
+      if (m::takes_max(m2, a2, mx, am)) { mx = m2; am = a2; }
+    }
+  }
+};
+
 // ---- the per-row algorithm -------------------------------------------------------------------
 
 /// Runs one row (position `pos`, flat index into the labels and losses) on a layout. Every thread
 /// of the row calls it; the leader returns the loss and the nll part (others return 0).
+/// Force-inlined: a row held in registers (WarpRow) whose address escaped into a call would live
+/// in local memory.
 template <typename S, typename Row>
-__device__ void process_row(const Row& row, const Params& P, const Consts<typename Row::R>& k,
+__device__ __forceinline__ void process_row(const Row& row, const Params& P,
+                                            const Consts<typename Row::R>& k,
                             int64_t pos, double& acc, double& acc_nll) {
   using R = typename Row::R;
   const int64_t C = P.channels;
@@ -605,6 +641,33 @@ positions_kernel(Params P) {
   if (threadIdx.x == 0) write_partial(P.ws, acc, acc_nll);
 }
 
+/// The positions layout with a long class axis: one warp per position, kRowsWarps per block.
+template <typename S>
+__global__ void __launch_bounds__(kRowsWarps * 32)
+positions_warp_kernel(Params P) {
+  using R = typename ComputeOf<S>::R;
+  __shared__ double scratch[32];
+  __shared__ double sums[kRowsWarps][2];
+  const Consts<R> k = make_consts<S>(P, scratch);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t n = P.outer * P.inner;
+  const int64_t stride = int64_t{gridDim.x} * kRowsWarps;
+  double acc = 0.0, acc_nll = 0.0;
+  for (int64_t i = int64_t{blockIdx.x} * kRowsWarps + warp; i < n; i += stride) {
+    const int64_t o = i / P.inner, s = i - o * P.inner;
+    const WarpPositionRow<S> row{static_cast<const S*>(P.x), o * P.channels * P.inner + s,
+                                 P.channels, P.inner, lane};
+    process_row<S>(row, P, k, i, acc, acc_nll);
+  }
+  if (lane == 0) { sums[warp][0] = acc; sums[warp][1] = acc_nll; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double a = 0.0, b = 0.0;
+    for (int w = 0; w < kRowsWarps; ++w) { a += sums[w][0]; b += sums[w][1]; }
+    write_partial(P.ws, a, b);
+  }
+}
+
 /// Pre-pass of the data-dependent divisors: per block (non-ignored count, sum of w[y]).
 template <typename S>
 __global__ void __launch_bounds__(kPosThreads)
@@ -700,46 +763,109 @@ void launch_warp_rows(const Params& P, int grid, cudaStream_t stream) {
   rows_warp_kernel<S, K><<<grid, kRowsWarps * 32, 0, stream>>>(P);
 }
 
-/// Blocks of one cluster and classes per block for a row of C classes (0: no cluster).
-struct ClusterShape {
-  int ranks = 0;
-  int64_t slice = 0;
+/// What a device allows the row kernels, decided once per device and kernel instantiation
+/// (the attributes are set once, to their largest value, so concurrent calls never change what
+/// another call sees, and the long-row path asks the runtime nothing per call).
+struct RowLimits {
+  int64_t stage_limit = 0;   // largest dynamic shared memory of the staged kernel
+  bool cluster = false;      // rows_cluster_kernel runs (sm_90 device, compute_90+ code)
+  bool ranks_ok[3] = {false, false, false};  // clusters of 2, 4, 8 blocks fit (occupancy)
 };
-template <typename S>
-ClusterShape cluster_shape(int64_t C) {
-  constexpr int64_t per_vec = 16 / static_cast<int64_t>(sizeof(S));
-  for (int ranks = 2; ranks <= kClusterMax; ranks *= 2) {
-    int64_t slice = (C + ranks - 1) / ranks;
-    slice = (slice + per_vec - 1) / per_vec * per_vec;  // slices start 16-byte aligned
-    if (slice * static_cast<int64_t>(sizeof(S)) <= kClusterStageBytes) return {ranks, slice};
+
+/// Sets a kernel's dynamic shared memory limit; false (the error cleared) when refused.
+template <typename K>
+bool set_shared_limit(K kernel, int64_t bytes) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(bytes)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
   }
-  return {};
+  return true;
 }
 
-/// Launches rows_cluster_kernel when the device is sm_90 or newer, the kernel was compiled for
-/// compute_90 or newer (not JIT-compiled from older PTX, where its body is empty), and the row
-/// fits a cluster's shared memory; returns its grid, or 0 when the caller falls back.
 template <typename S>
-int launch_cluster(const Params& P, cudaStream_t stream) {
-  const ClusterShape cs = cluster_shape<S>(P.channels);
-  if (cs.ranks == 0) return 0;
-  // A refused query or launch is not the call's error: it is cleared and the caller falls back.
-  auto refuse = [] { (void)cudaGetLastError(); return 0; };
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      major < 9) {
-    return refuse();
+RowLimits decide_limits(int dev) {
+  using R = typename ComputeOf<S>::R;
+  RowLimits lim;
+  int optin = 0, major = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    optin = 0;
   }
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    major = 0;
+  }
+  // The staged kernel: its static shared memory as compiled (the host formula as a fallback).
   cudaFuncAttributes fa{};
-  if (cudaFuncGetAttributes(&fa, rows_cluster_kernel<S>) != cudaSuccess || fa.ptxVersion < 90) {
-    return refuse();
+  int64_t static_bytes = ls::block_static_bytes(static_cast<int>(sizeof(R)));
+  if (cudaFuncGetAttributes(&fa, rows_block_kernel<S, true>) == cudaSuccess) {
+    static_bytes = static_cast<int64_t>(fa.sharedSizeBytes);
+  } else {
+    (void)cudaGetLastError();
   }
+  int64_t want = ls::staged_limit(optin, static_bytes, true);
+  bool granted = want > ls::kDefaultSharedBytes - static_bytes && set_shared_limit(
+      rows_block_kernel<S, true>, want);
+  lim.stage_limit = granted ? want : ls::staged_limit(optin, static_bytes, false);
+
+  // The cluster kernel: sm_90 device and code compiled for compute_90 or newer (not JIT-compiled
+  // from older PTX, where its body is empty); its shared memory limit set once to the largest
+  // slice, and each cluster size asked once whether one cluster fits.
+  cudaFuncAttributes ca{};
+  if (major < 9 || cudaFuncGetAttributes(&ca, rows_cluster_kernel<S>) != cudaSuccess ||
+      ca.ptxVersion < 90) {
+    (void)cudaGetLastError();
+    return lim;
+  }
+  if (!set_shared_limit(rows_cluster_kernel<S>, kClusterStageBytes)) return lim;
+  lim.cluster = true;
+  for (int ranks = 2; ranks <= ls::kClusterMax; ranks *= 2) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>(ranks));
+    cfg.blockDim = dim3(kBlockThreads);
+    cfg.dynamicSmemBytes = static_cast<size_t>(kClusterStageBytes);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(ranks);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int active = 0;
+    if (cudaOccupancyMaxActiveClusters(&active, rows_cluster_kernel<S>, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();
+      active = 0;
+    }
+    lim.ranks_ok[ls::ranks_index(ranks)] = active >= 1;
+  }
+  return lim;
+}
+
+/// The limits of the current device for storage S (decided on its first call).
+template <typename S>
+RowLimits row_limits() {
+  constexpr int kDevices = 64;
+  static std::once_flag once[kDevices];
+  static RowLimits limits[kDevices];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    dev = 0;
+  }
+  if (dev < 0 || dev >= kDevices) return decide_limits<S>(dev);
+  std::call_once(once[dev], [dev] { limits[dev] = decide_limits<S>(dev); });
+  return limits[dev];
+}
+
+/// Launches rows_cluster_kernel when the device's limits allow this row's cluster; returns its
+/// grid, or 0 when the caller takes the sweeping block kernel. A launch error is the call's error
+/// (check_launch reports it), never a silent change of the reduction tree.
+template <typename S>
+int launch_cluster(const Params& P, const RowLimits& lim, cudaStream_t stream) {
+  const ls::ClusterShape cs = ls::cluster_shape(P.channels, static_cast<int>(sizeof(S)));
+  if (!lim.cluster || cs.ranks == 0 || !lim.ranks_ok[ls::ranks_index(cs.ranks)]) return 0;
   const size_t smem = static_cast<size_t>(cs.slice) * sizeof(S);
-  if (cudaFuncSetAttribute(rows_cluster_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)) != cudaSuccess) {
-    return refuse();
-  }
   const int64_t rows = P.outer;
   const int64_t clusters_max = kMaxBlocks / cs.ranks;
   const int64_t clusters = rows < clusters_max ? rows : clusters_max;
@@ -755,12 +881,8 @@ int launch_cluster(const Params& P, cudaStream_t stream) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  int active = 0;
-  if (cudaOccupancyMaxActiveClusters(&active, rows_cluster_kernel<S>, &cfg) != cudaSuccess ||
-      active < 1) {
-    return refuse();
-  }
-  if (cudaLaunchKernelEx(&cfg, rows_cluster_kernel<S>, P, cs.slice) != cudaSuccess) return refuse();
+  // A refused launch stays the runtime's last error: check_launch() throws it for the call.
+  (void)cudaLaunchKernelEx(&cfg, rows_cluster_kernel<S>, P, cs.slice);
   return static_cast<int>(clusters * cs.ranks);
 }
 
@@ -768,35 +890,44 @@ template <typename S>
 int launch_main(const Params& P, cudaStream_t stream) {
   const int64_t rows = P.outer * P.inner;
   const int64_t C = P.channels;
-  if (P.inner > 1 || C == 0) {
-    const int grid = grid_for(rows, kPosThreads);
-    positions_kernel<S><<<grid, kPosThreads, 0, stream>>>(P);
-    return grid;
-  }
-  // float64 rows of more than 512 classes would need 200+ registers a thread in a warp.
-  if (C <= (sizeof(S) == 8 ? 512 : 1024)) {
-    const int grid = grid_for(rows, kRowsWarps);
-    if (C <= 32) launch_warp_rows<S, 1>(P, grid, stream);
-    else if (C <= 64) launch_warp_rows<S, 2>(P, grid, stream);
-    else if (C <= 128) launch_warp_rows<S, 4>(P, grid, stream);
-    else if (C <= 256) launch_warp_rows<S, 8>(P, grid, stream);
-    else if (C <= 512) launch_warp_rows<S, 16>(P, grid, stream);
-    else if constexpr (sizeof(S) != 8) launch_warp_rows<S, 32>(P, grid, stream);
-    return grid;
+  constexpr int kElem = static_cast<int>(sizeof(S));
+  // Shapes that never stage skip the device limits (no runtime query).
+  const bool rows_layout = P.inner <= 1 && C > (kElem == 8 ? 512 : 1024);
+  const RowLimits lim = rows_layout ? row_limits<S>() : RowLimits{};
+  switch (ls::kernel_for(rows, C, P.inner, kElem, lim.stage_limit, P.nll)) {
+    case ls::Kernel::positions: {
+      const int grid = grid_for(rows, kPosThreads);
+      positions_kernel<S><<<grid, kPosThreads, 0, stream>>>(P);
+      return grid;
+    }
+    case ls::Kernel::warp_positions: {
+      const int grid = grid_for(rows, kRowsWarps);
+      positions_warp_kernel<S><<<grid, kRowsWarps * 32, 0, stream>>>(P);
+      return grid;
+    }
+    case ls::Kernel::warp_rows: {
+      const int grid = grid_for(rows, kRowsWarps);
+      if (C <= 32) launch_warp_rows<S, 1>(P, grid, stream);
+      else if (C <= 64) launch_warp_rows<S, 2>(P, grid, stream);
+      else if (C <= 128) launch_warp_rows<S, 4>(P, grid, stream);
+      else if (C <= 256) launch_warp_rows<S, 8>(P, grid, stream);
+      else if (C <= 512) launch_warp_rows<S, 16>(P, grid, stream);
+      else if constexpr (kElem != 8) launch_warp_rows<S, 32>(P, grid, stream);
+      return grid;
+    }
+    case ls::Kernel::staged_rows: {
+      const int grid = grid_for(rows, 1);
+      const size_t smem = static_cast<size_t>(ls::staged_bytes(C, kElem));
+      rows_block_kernel<S, true><<<grid, kBlockThreads, smem, stream>>>(P);
+      return grid;
+    }
+    case ls::Kernel::long_rows:
+      if (const int g = launch_cluster<S>(P, lim, stream)) return g;
+      [[fallthrough]];
+    case ls::Kernel::sweep_rows:
+      break;
   }
   const int grid = grid_for(rows, 1);
-  const int64_t bytes = C * static_cast<int64_t>(sizeof(S));
-  if (bytes <= kStageBytes) {
-    const size_t smem = static_cast<size_t>((bytes + 15) / 16 * 16);
-    if (smem > 48 * 1024) {
-      (void)cudaFuncSetAttribute(rows_block_kernel<S, true>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(kStageBytes));
-    }
-    rows_block_kernel<S, true><<<grid, kBlockThreads, smem, stream>>>(P);
-    return grid;
-  }
-  if (const int g = launch_cluster<S>(P, stream)) return g;
   rows_block_kernel<S, false><<<grid, kBlockThreads, 0, stream>>>(P);
   return grid;
 }
@@ -807,7 +938,10 @@ void launch(const SoftmaxPlan& plan, stream_t stream_handle) {
   const cudaStream_t stream = stream_handle;
   Workspace* ws = static_cast<Workspace*>(plan.workspace);
   const size_t rec = offsetof(Workspace, error);
-  cudaMemsetAsync(reinterpret_cast<unsigned char*>(ws) + rec, 0, sizeof(Workspace) - rec, stream);
+  if (cudaMemsetAsync(reinterpret_cast<unsigned char*>(ws) + rec, 0, sizeof(Workspace) - rec,
+                      stream) != cudaSuccess) {
+    check_launch("softmax: clearing the workspace record");
+  }
   check_launch("softmax");
 
   Params P{};

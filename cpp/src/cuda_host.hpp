@@ -1,7 +1,7 @@
 #pragma once
 // The host side of the CUDA entry points (internal), compiled in every build: the checks of each
 // public loss (the CPU function's, in its order and with its messages) and the plan that maps the
-// loss onto one of the two device kernel families (cuda/plan.hpp). Only submit() and the record
+// loss onto one of the two device kernel families (device_plan.hpp). Only submit() and the record
 // readers differ between builds: cuda/api.cpp launches, cuda_unavailable.cpp throws.
 
 #include <cfloat>
@@ -12,7 +12,7 @@
 #include <string>
 #include <type_traits>
 
-#include "../../cuda/plan.hpp"
+#include "device_plan.hpp"
 #include "checks.hpp"
 #include "xentkit/cuda.hpp"
 #include "xentkit/detail/normalize.hpp"
@@ -101,6 +101,7 @@ ElementPlan plan_sigmoid_cross_entropy_loss(const T* scores, const T* targets, i
   }
   check_pointer("scores", scores, count);
   check_pointer("targets", targets, count);
+  check_output("diff", diff, scores, count);
   const int64_t inner = outer == 0 ? 0 : count / outer;
   ElementPlan p;
   p.op = ElementOp::logits;
@@ -134,6 +135,7 @@ SoftmaxPlan plan_softmax_with_loss(const T* scores, const L* labels, int64_t out
   const int64_t count = checked_mul("scores", positions, channels);
   check_pointer("scores", scores, count);
   check_pointer("labels", labels, positions);
+  check_output("diff", diff, scores, count);
   if (prob != nullptr && count > 0 &&
       (static_cast<const void*>(prob) == scores || (diff != nullptr && prob == diff))) {
     throw value_error("prob: expected a buffer of its own, got one shared with scores or diff");
@@ -191,6 +193,12 @@ ElementPlan plan_binary(ElementOp op, const T* input, const T* target, int64_t c
   check_broadcast("weight", weight);
   check_broadcast("pos_weight", pos_weight);
   check_output("grad", grad, input, count);
+  if (op == ElementOp::probabilities && grad != nullptr &&
+      xentkit::detail::overlapping(grad, target, count)) {
+    // The device reads a bad target again after the gradient is written, for its message.
+    throw value_error("grad: expected a buffer that does not overlap target (the input itself, "
+                      "or a buffer of its own), got one that overlaps target");
+  }
   ElementPlan p;
   p.op = op;
   p.storage = storage_of<T>();

@@ -39,6 +39,12 @@ void set_device(int) { unavailable("set_device"); }
 void stream_wait(stream_t, stream_t) { unavailable("stream_wait"); }
 void synchronize(stream_t) { unavailable("synchronize"); }
 void copy_to_host(void*, const void*, std::size_t, stream_t) { unavailable("copy_to_host"); }
+void* record_event(stream_t) { unavailable("record_event"); }
+bool event_done(void*) { unavailable("event_done"); }
+void destroy_event(void*) noexcept {}
+const char* kernel_image_problem() noexcept {
+  return "this build of xentkit has no CUDA kernels (cuda_built() is false)";
+}
 
 }  // namespace cuda
 }  // namespace xentkit

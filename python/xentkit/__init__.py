@@ -96,8 +96,11 @@ def set_simd_level(name: str) -> None:
 
 
 def cuda_available() -> bool:
-    """True when this build has the CUDA kernels and a CUDA device is usable."""
-    return bool(_core.cuda_built()) and _core.cuda_device_count() > 0
+    """True when this build has the CUDA kernels and they run on the current CUDA device (False
+    where no device is visible, or none of the build's kernel images loads on it; a device call
+    then raises CudaUnavailableError saying which)."""
+    return (bool(_core.cuda_built()) and _core.cuda_device_count() > 0
+            and not _core.device_kernel_problem())
 
 
 def cuda_built() -> bool:

@@ -6,14 +6,12 @@ import operator
 
 import numpy as np
 
+from ._foreign import describe as _describe
+from ._foreign import is_device_array as _is_device
+
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _HALF = np.dtype(np.float16)
-
-
-def _describe(obj):
-    cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def as_array(obj, name):
@@ -39,12 +37,6 @@ def as_array(obj, name):
     except TypeError:
         raise TypeError(f"{name}: expected an array, got {_describe(obj)}") from None
     return np.asarray(view)
-
-
-def _is_device(obj):
-    from ._device import is_device_array
-
-    return is_device_array(obj)
 
 
 def compute_dtype(dtype):

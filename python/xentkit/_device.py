@@ -1,140 +1,49 @@
-"""CUDA device arrays: recognising them (``__cuda_array_interface__`` or DLPack), choosing the
-stream, running the device kernels and giving the results back as the caller's kind of array.
-
-Rules (see the README section "CUDA"):
+"""Running a loss on CUDA device arrays: the device, the stream, the lifetimes of the buffers and
+the results. Foreign arrays are parsed in ``_foreign.py``; this module holds every stream and
+lifetime rule, in ``Call`` (see the README section "CUDA"):
 
 * Device arrays are read in place, never copied: they must be C-contiguous, of one device, and of
   the dtypes the kernels read (float16, bfloat16, float32, float64 values; integer labels).
-* Stream: an explicit ``stream=`` (an integer handle, or an object with ``.ptr`` (CuPy),
-  ``.cuda_stream`` (PyTorch) or ``__cuda_stream__``), else the producing library's current
-  stream (PyTorch, CuPy), else the stream an input's ``__cuda_array_interface__`` declares, else
-  the legacy default stream (0). Inputs declared on another stream are waited for on the device.
+* The call's stream: an explicit ``stream=`` (an integer handle, or an object with ``.ptr``
+  (CuPy), ``.cuda_stream`` (PyTorch) or ``__cuda_stream__``), else the producing library's current
+  stream on the array's device (PyTorch, CuPy), else the stream an input's
+  ``__cuda_array_interface__`` declares, else the legacy default stream (0).
+* Before the kernels: the call's stream waits (on the device) for each argument's producer
+  stream, inputs and caller-provided outputs alike: the stream its CAI declares, else its
+  library's current stream (PyTorch, CuPy: whatever the dtype, CAI or DLPack), unless a DLPack
+  producer was handed the call's stream and ordered itself (the handshake).
+* After the kernels: a caller-provided output's library stream (or declared stream) waits for the
+  call's stream; the arguments' Python objects and DLPack tensors are kept until an event recorded
+  on the call's stream has completed (pruned on later calls), so a temporary argument is not freed
+  or reused while the kernels read it.
 * Outputs are new device arrays (or the caller's own output array), returned as the main input's
   kind: torch.Tensor, cupy.ndarray, jax.Array, numba DeviceNDArray, else xentkit's DeviceArray.
-  The reduced loss is a 0-d device array: no call waits for the device.
+  The reduced loss is a 0-d device array: no call waits for the device (except the JAX fallback
+  for versions whose from_dlpack takes no stream, which waits for the call's stream).
 * Errors only the device sees (bad labels, probabilities outside [0, 1]) make the outputs NaN;
   ``sync=True`` waits for the stream and raises them as the CPU functions do.
+* A failure after the call's device was made current restores the previous device.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, List, Optional, Sequence
 
-from numpy import ndarray as _ndarray
-
 from . import _core
-from ._arrays import _describe
+from ._arrays import axis_value
 from ._errors import CudaUnavailableError
-
-KDL_CPU = 1
-KDL_CUDA = 2
-KDL_CUDA_HOST = 3
-KDL_CUDA_MANAGED = 13
-
-# Element type codes shared with src/xentkit/device_bridge.hpp.
-VALUE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
-INDEX_CODES = {"int8": 10, "int16": 11, "int32": 12, "int64": 13,
-               "uint8": 14, "uint16": 15, "uint32": 16, "uint64": 17}
-LABEL_CODES = dict(INDEX_CODES, float32=2, float64=3)
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2,
-            "int32": 4, "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
-            "bool": 1}
-
-_TYPESTR = {"f2": "float16", "f4": "float32", "f8": "float64", "i1": "int8", "i2": "int16",
-            "i4": "int32", "i8": "int64", "u1": "uint8", "u2": "uint16", "u4": "uint32",
-            "u8": "uint64", "b1": "bool"}
-_DL_CODES = {0: "int", 1: "uint", 2: "float", 4: "bfloat", 6: "bool"}
-
-_LIBRARIES = {"torch": "torch", "cupy": "cupy", "cupyx": "cupy", "jax": "jax", "jaxlib": "jax",
-              "numba": "numba"}
-
-
-def library_of(obj) -> Optional[str]:
-    """"torch", "cupy", "jax" or "numba" for an array of that library, else None."""
-    return _LIBRARIES.get(type(obj).__module__.split(".")[0])
-
-
-def _dlpack_device(obj):
-    fn = getattr(type(obj), "__dlpack_device__", None)
-    if fn is None:
-        return None
-    try:
-        dev = obj.__dlpack_device__()
-        return int(dev[0]), int(dev[1])
-    except Exception:
-        return None
-
-
-def _cai(obj):
-    """The object's __cuda_array_interface__ dict, or None (absent, or refused: a CPU tensor, a
-    dtype the producer cannot describe)."""
-    try:
-        cai = getattr(obj, "__cuda_array_interface__")
-    except Exception:
-        return None
-    return cai if isinstance(cai, dict) else None
-
-
-def is_device_array(obj) -> bool:
-    """True for an array in CUDA device (or managed) memory: DLPack device type kDLCUDA or
-    kDLCUDAManaged, or a ``__cuda_array_interface__`` on an object that is not a host array."""
-    if type(obj) is _ndarray or obj is None or isinstance(
-            obj, (int, float, complex, str, bytes, bool, list, tuple, _ndarray)):
-        return False
-    if isinstance(obj, _core.DeviceArray):
-        return True
-    dev = _dlpack_device(obj)
-    if dev is not None:
-        return dev[0] in (KDL_CUDA, KDL_CUDA_MANAGED)
-    if hasattr(obj, "__array_interface__"):
-        return False
-    return _cai(obj) is not None
+from ._foreign import (INDEX_CODES, ITEMSIZE, KDL_CUDA, KDL_CUDA_MANAGED, LABEL_CODES,  # noqa: F401
+                       VALUE_CODES, DeviceInput, describe, is_device_array, library_of, parse,
+                       parse_cai, parse_dlpack, stream_handle)
+from ._foreign import _normal
 
 
 # ---- streams ----------------------------------------------------------------------------------
 
-def _normal(handle: int) -> int:
-    """A stream handle with the legacy default stream as 0 (CAI/DLPack spell it 1)."""
-    return 0 if handle == 1 else handle
-
-
-def stream_handle(stream, name="stream") -> int:
-    """An explicit stream argument as a handle: an int, or an object with ``__cuda_stream__``
-    (returning (version, handle)), ``.cuda_stream`` (torch.cuda.Stream), ``.ptr``
-    (cupy.cuda.Stream) or ``.handle`` (numba; a ctypes pointer). 0 and 1 are the legacy default
-    stream, 2 the per-thread default stream."""
-    if isinstance(stream, bool):
-        raise TypeError(f"{name}: expected a CUDA stream or an integer handle, got {stream!r}")
-    value: Any = None
-    if hasattr(stream, "__cuda_stream__"):
-        proto = stream.__cuda_stream__
-        proto = proto() if callable(proto) else proto
-        value = proto[1] if isinstance(proto, tuple) else proto
-    elif hasattr(stream, "cuda_stream"):
-        value = stream.cuda_stream
-    elif hasattr(stream, "ptr") and not isinstance(stream, int):
-        value = stream.ptr
-    elif hasattr(stream, "handle") and not isinstance(stream, int):
-        value = getattr(stream.handle, "value", stream.handle)
-        value = 0 if value is None else value
-    else:
-        value = stream
-    try:
-        handle = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{name}: expected a CUDA stream (an integer handle, or an object with .ptr, "
-            f".cuda_stream or __cuda_stream__), got {_describe(stream)}") from None
-    if handle < 0 or handle >= 2**64:
-        raise ValueError(f"{name}: expected a stream handle >= 0, got {handle}")
-    return _normal(handle)
-
-
 def library_stream(obj, device: Optional[int] = None) -> Optional[int]:
-    """The current stream of the library that made `obj` (PyTorch, CuPy), or None when it has
-    none to offer (JAX, Numba, others)."""
+    """The current stream, on `device` (default: the array's own), of the library that made `obj`
+    (PyTorch, CuPy), or None when it has none to offer (JAX, Numba, others)."""
     lib = library_of(obj)
     if lib == "torch":
         import torch
@@ -144,7 +53,10 @@ def library_stream(obj, device: Optional[int] = None) -> Optional[int]:
     if lib == "cupy":
         import cupy
 
-        return _normal(int(cupy.cuda.get_current_stream().ptr))
+        # CuPy's current stream is per device: ask it with the array's device current.
+        dev = int(obj.device.id) if device is None else device
+        with cupy.cuda.Device(dev):
+            return _normal(int(cupy.cuda.get_current_stream().ptr))
     return None
 
 
@@ -161,186 +73,6 @@ def resolve_stream(explicit=None, library: Optional[int] = None,
     return 0
 
 
-# ---- parsing ----------------------------------------------------------------------------------
-
-class DeviceInput:
-    """A device array argument, read in place."""
-
-    __slots__ = ("name", "obj", "ptr", "shape", "dtype", "device", "stream", "readonly",
-                 "holder", "via")
-
-    def __init__(self, name, obj, ptr, shape, dtype, device=None, stream=None, readonly=False,
-                 holder=None, via="cai"):
-        self.name = name
-        self.obj = obj
-        self.ptr = int(ptr)
-        self.shape = tuple(int(d) for d in shape)
-        self.dtype = dtype
-        self.device = device
-        self.stream = stream
-        self.readonly = readonly
-        self.holder = holder
-        self.via = via
-
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    @property
-    def size(self):
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self):
-        return self.size * ITEMSIZE[self.dtype]
-
-    def close(self):
-        if self.holder is not None:
-            self.holder.close()
-            self.holder = None
-
-    def __repr__(self):
-        return (f"DeviceInput({self.name}: {self.dtype}{list(self.shape)} at {self.ptr:#x}, "
-                f"device={self.device}, stream={self.stream}, via={self.via})")
-
-
-def _check_contiguous(name, shape, strides, itemsize, unit):
-    """ValueError unless `strides` (None = C-contiguous) describe a C-contiguous layout."""
-    if strides is None or math.prod(shape) == 0:
-        return
-    if len(strides) != len(shape):
-        raise ValueError(f"{name}: strides {tuple(strides)} do not match shape {tuple(shape)}")
-    expected = itemsize if unit == "bytes" else 1
-    for dim, step in zip(reversed(shape), reversed(strides)):
-        if dim != 1 and step != expected:
-            raise ValueError(
-                f"{name}: expected a C-contiguous device array, got shape {tuple(shape)} with "
-                f"strides {tuple(strides)} ({unit}); device arrays are read in place, never "
-                "copied: make it contiguous first (e.g. .contiguous(), cupy.ascontiguousarray)")
-        expected *= dim
-
-
-def _bfloat16_hint(obj) -> bool:
-    dt = getattr(obj, "dtype", None)
-    return dt is not None and "bfloat16" in str(dt)
-
-
-def parse_cai(obj, name, cai=None) -> Optional[DeviceInput]:
-    """A DeviceInput from a __cuda_array_interface__ (v2 or v3), or None when its typestr names
-    no type xentkit knows (a '<V2' that may be bfloat16: DLPack says which)."""
-    cai = _cai(obj) if cai is None else cai
-    if not isinstance(cai, dict):
-        raise TypeError(f"{name}: __cuda_array_interface__ is not a dict")
-    try:
-        shape = tuple(int(d) for d in cai["shape"])
-        typestr = str(cai["typestr"])
-        ptr, readonly = cai["data"]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{name}: malformed __cuda_array_interface__ {cai!r}") from None
-    if cai.get("mask") is not None:
-        raise ValueError(f"{name}: masked device arrays are not supported")
-    version = int(cai.get("version", 2))
-    if len(typestr) < 3 or typestr[0] not in "<>|=":
-        raise TypeError(f"{name}: unknown typestr {typestr!r}")
-    if typestr[0] == ">" and typestr[2:] != "1":
-        raise TypeError(f"{name}: expected a little-endian device array, got typestr {typestr!r}")
-    dtype = _TYPESTR.get(typestr[1:])
-    if dtype is None:
-        if typestr[1:] == "V2" and _bfloat16_hint(obj):
-            dtype = "bfloat16"
-        elif hasattr(obj, "__dlpack__"):
-            return None
-        else:
-            raise TypeError(
-                f"{name}: typestr {typestr!r} of __cuda_array_interface__ names no supported "
-                "dtype (float16, bfloat16, float32, float64 or integers; a bfloat16 array needs "
-                "DLPack or a dtype attribute saying bfloat16)")
-    itemsize = ITEMSIZE[dtype]
-    if int(typestr[2:]) != itemsize:
-        raise TypeError(f"{name}: typestr {typestr!r} does not match its dtype {dtype}")
-    _check_contiguous(name, shape, cai.get("strides"), itemsize, "bytes")
-    stream = cai.get("stream") if version >= 3 else None
-    if stream is not None:
-        if isinstance(stream, bool) or not isinstance(stream, int):
-            raise ValueError(f"{name}: __cuda_array_interface__ stream must be an integer or None, "
-                             f"got {stream!r}")
-        if stream == 0:
-            raise ValueError(f"{name}: __cuda_array_interface__ stream 0 is disallowed "
-                             "(version 3: 1 is the legacy default stream)")
-        stream = _normal(stream)
-    device = None
-    if library_of(obj) == "torch":
-        device = obj.device.index
-    elif library_of(obj) == "cupy":
-        device = int(obj.device.id)
-    return DeviceInput(name, obj, ptr or 0, shape, dtype, device=device, stream=stream,
-                       readonly=bool(readonly), via="cai")
-
-
-def _dl_dtype(name, code, bits, lanes):
-    if lanes != 1:
-        raise TypeError(f"{name}: vector DLPack dtypes (lanes {lanes}) are not supported")
-    kind = _DL_CODES.get(code)
-    if kind == "bfloat" and bits == 16:
-        return "bfloat16"
-    if kind == "bool" and bits == 8:
-        return "bool"
-    if kind in ("int", "uint", "float"):
-        dtype = f"{kind}{bits}"
-        if dtype in ITEMSIZE:
-            return dtype
-    raise TypeError(f"{name}: unsupported DLPack dtype (code {code}, {bits} bits)")
-
-
-def parse_dlpack(obj, name, stream: int) -> DeviceInput:
-    """A DeviceInput from ``__dlpack__(stream=...)``: the producer orders its pending work before
-    `stream`; the tensor is held until close()."""
-    handle = 1 if stream == 0 else stream  # DLPack: 1 is the legacy default stream, 0 invalid
-    try:
-        capsule = obj.__dlpack__(stream=handle)
-    except TypeError:
-        capsule = obj.__dlpack__()
-    holder, desc = _core.dlpack_import(capsule)
-    try:
-        if desc["device_type"] not in (KDL_CUDA, KDL_CUDA_MANAGED):
-            raise TypeError(f"{name}: expected a CUDA device array, got DLPack device type "
-                            f"{desc['device_type']}")
-        dtype = _dl_dtype(name, desc["code"], desc["bits"], desc["lanes"])
-        _check_contiguous(name, desc["shape"], desc["strides"], ITEMSIZE[dtype], "elements")
-    except BaseException:
-        holder.close()
-        raise
-    return DeviceInput(name, obj, desc["data"], desc["shape"], dtype, device=desc["device_id"],
-                       stream=None, readonly=False, holder=holder, via="dlpack")
-
-
-def _prepare(obj):
-    if library_of(obj) == "torch" and getattr(obj, "requires_grad", False):
-        return obj.detach()  # outputs are plain arrays: no autograd graph through xentkit
-    return obj
-
-
-def parse(obj, name, stream: int) -> DeviceInput:
-    """A device array argument: ``__cuda_array_interface__`` first (JAX arrays: DLPack), else
-    DLPack. TypeError for anything that is not a CUDA device array."""
-    if isinstance(obj, DeviceInput):
-        return obj
-    if not is_device_array(obj):
-        raise TypeError(f"{name}: expected a CUDA device array, got a host array or "
-                        f"{_describe(obj)} (device and host arrays cannot be mixed in one call)")
-    obj = _prepare(obj)
-    if library_of(obj) != "jax":
-        cai = _cai(obj)
-        if cai is not None:
-            parsed = parse_cai(obj, name, cai)
-            if parsed is not None:
-                return parsed
-    if hasattr(obj, "__dlpack__"):
-        return parse_dlpack(obj, name, stream)
-    raise TypeError(f"{name}: {_describe(obj)} offers neither a usable __cuda_array_interface__ "
-                    "nor __dlpack__")
-
-
 # ---- availability -----------------------------------------------------------------------------
 
 def require_cuda(arg: DeviceInput):
@@ -348,13 +80,17 @@ def require_cuda(arg: DeviceInput):
     device is usable."""
     if not _core.cuda_built():
         raise CudaUnavailableError(
-            f"{arg.name}: a CUDA device array ({_describe(arg.obj)}), but this build of xentkit "
+            f"{arg.name}: a CUDA device array ({describe(arg.obj)}), but this build of xentkit "
             "has no CUDA kernels (built with XENTKIT_USE_CUDA=OFF); pass host arrays or install "
             "a CUDA build")
     if _core.cuda_device_count() <= 0:
         raise CudaUnavailableError(
-            f"{arg.name}: a CUDA device array ({_describe(arg.obj)}), but no usable CUDA device "
+            f"{arg.name}: a CUDA device array ({describe(arg.obj)}), but no usable CUDA device "
             "was found (no driver, or no device visible to this process)")
+    problem = _core.device_kernel_problem()
+    if problem:
+        raise CudaUnavailableError(f"{arg.name}: a CUDA device array ({describe(arg.obj)}), but "
+                                   f"{problem}")
 
 
 # ---- checks shared by the losses ----------------------------------------------------------------
@@ -434,6 +170,7 @@ class Call:
         self.stream = resolve_stream(explicit, lib_stream, self.main.stream)
         self.device = self.main.device
         self.ws = 0
+        self.outputs: List[DeviceInput] = []
         self._owners: List[Any] = []
         self._previous = None
 
@@ -443,7 +180,7 @@ class Call:
         if not is_device_array(obj):
             raise TypeError(
                 f"{name}: expected a CUDA device array like {self.main.name}, got a host array "
-                f"({_describe(obj)}); device and host arrays cannot be mixed in one call")
+                f"({describe(obj)}); device and host arrays cannot be mixed in one call")
         a = parse(obj, name, self.stream)
         self.args.append(a)
         if a.device is not None and self.device is not None and a.device != self.device:
@@ -462,7 +199,7 @@ class Call:
             return (tuple(shape), dtype)
         if not is_device_array(value):
             raise TypeError(f"{name}: expected True, False or a CUDA device array, got "
-                            f"{_describe(value)}")
+                            f"{describe(value)}")
         out = parse(value, name, self.stream)
         try:
             if out.shape != tuple(shape):
@@ -487,20 +224,17 @@ class Call:
             out.close()
             raise
         self.args.append(out)
+        self.outputs.append(out)
         return out
 
-    def alloc(self, spec):
-        """The array an output writes: a new DeviceArray for a (shape, dtype) from want(), the
-        caller's array itself, or None."""
-        if spec is None or isinstance(spec, DeviceInput):
-            return spec
-        shape, dtype = spec
-        return _core.device_empty(shape, dtype, self.device, self.stream)
-
     def start(self):
-        """Checks availability and the devices, makes the input's device current, makes the
-        call's stream wait for the streams the inputs declare and allocates the workspace."""
-        require_cuda(self.main)
+        """Checks availability and the devices, makes the input's device current and makes the
+        call's stream wait for every argument's producer stream (see producer_stream)."""
+        try:
+            require_cuda(self.main)
+        except BaseException:
+            self.abort()  # nothing was enqueued: the DLPack tensors go back now
+            raise
         devices = {}
         for a in self.args:
             if a.device is None:
@@ -517,37 +251,83 @@ class Call:
         if self.device is None:
             self.device = next(iter(devices)) if devices else _core.device_current()
         self._previous = _core.device_current()
-        if self._previous != self.device:
-            _core.device_set(self.device)
-        waited = set()
-        for a in self.args:
-            if a.stream is not None and a.stream != self.stream and a.stream not in waited:
-                _core.device_stream_wait(self.stream, a.stream)
-                waited.add(a.stream)
+        try:
+            if self._previous != self.device:
+                _core.device_set(self.device)
+            waited = {self.stream}
+            for a in self.args:
+                producer = producer_stream(a)
+                if producer is not None and producer not in waited:
+                    _core.device_stream_wait(self.stream, producer)
+                    waited.add(producer)
+        except BaseException:
+            self.abort()
+            raise
 
     def workspace(self, reduced_dtype=None):
         """The workspace pointer; with reduced_dtype, also the 0-d DeviceArray of the reduced
         value that shares its allocation."""
-        self.ws, owner = _core.device_workspace(self.device, self.stream, reduced_dtype)
+        try:
+            self.ws, owner = _core.device_workspace(self.device, self.stream, reduced_dtype)
+        except BaseException:
+            self.abort()
+            raise
         self._owners.append(owner)
         return owner if reduced_dtype is not None else None
 
-    def finish(self):
-        """After the entry point: sync=True waits and raises what the device recorded; then the
-        borrowed DLPack tensors are handed back and the previous device made current."""
+    def alloc(self, spec):
+        """The array an output writes: a new DeviceArray for a (shape, dtype) from want(), the
+        caller's array itself, or None."""
+        if spec is None or isinstance(spec, DeviceInput):
+            return spec
+        shape, dtype = spec
         try:
+            return _core.device_empty(shape, dtype, self.device, self.stream)
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self):
+        """After the entry point: the caller's own outputs ordered before their library's stream,
+        the arguments kept until the call's work is done, the previous device made current;
+        sync=True then waits and raises what the device recorded."""
+        try:
+            try:
+                for out in self.outputs:
+                    consumer = consumer_stream(out)
+                    if consumer is not None and consumer != self.stream:
+                        _core.device_stream_wait(consumer, self.stream)
+            finally:
+                self.retire()
             if self.sync and self.ws:
                 _core.device_check(self.ws, self.stream)
         finally:
-            self.close()
+            self.restore()
 
-    def close(self):
+    def retire(self):
+        """Keeps the arguments (objects and DLPack tensors) alive until the work enqueued on the
+        call's stream so far has completed."""
+        keep = [(a.obj, a.holder) for a in self.args]
+        for a in self.args:
+            a.holder = None
+        _KEEP.hold(self.stream, keep)
+        self._owners.clear()
+
+    def abort(self):
+        """A failure before anything that reads the arguments was enqueued: the DLPack tensors
+        go back to their producers now and the previous device is made current."""
         for a in self.args:
             a.close()
         self._owners.clear()
+        self.restore()
+
+    def restore(self):
         if self._previous is not None and self._previous != self.device:
             _core.device_set(self._previous)
         self._previous = None
+
+    def close(self):
+        self.abort()
 
     def result(self, arr):
         """`arr` as the main input's kind of array (a caller's output array: itself)."""
@@ -556,6 +336,65 @@ class Call:
         if isinstance(arr, DeviceInput):
             return arr.obj
         return convert(arr, self.kind)
+
+
+def producer_stream(a: DeviceInput) -> Optional[int]:
+    """The stream whose pending work a call must wait for before reading or writing `a`: none for
+    a DLPack producer that was handed the call's stream (it ordered itself); else the library's
+    current stream on the array's device (PyTorch, CuPy), else the stream its
+    __cuda_array_interface__ declares (None: nothing to wait for)."""
+    if a.via == "dlpack" and a.handshake:
+        return None
+    lib = library_stream(a.obj, a.device) if a.library in ("torch", "cupy") else None
+    return lib if lib is not None else a.stream
+
+
+def consumer_stream(a: DeviceInput) -> Optional[int]:
+    """The stream that reads a caller-provided output next: its library's current stream on its
+    device, else the stream its __cuda_array_interface__ declares (None: unknown)."""
+    lib = library_stream(a.obj, a.device) if a.library in ("torch", "cupy") else None
+    return lib if lib is not None else a.stream
+
+
+class Keeper:
+    """Objects kept alive until the device work enqueued before them has completed: one event
+    per call, recorded on its stream; entries whose event has completed are dropped on the next
+    hold() (or prune()). The three functions are the device's (replaceable in tests)."""
+
+    def __init__(self, record=None, done=None, destroy=None):
+        self._record = record or (lambda stream: _core.device_record_event(stream))
+        self._done = done or (lambda event: _core.device_event_done(event))
+        self._destroy = destroy or (lambda event: _core.device_destroy_event(event))
+        self.pending: List[Any] = []
+
+    def hold(self, stream, keep):
+        self.prune()
+        try:
+            event = self._record(stream)
+        except Exception:
+            # No event: the device refused (it is failing); wait for the stream instead.
+            try:
+                _core.device_synchronize(stream)
+            except Exception:
+                pass
+            return
+        self.pending.append((event, keep))
+
+    def prune(self):
+        still = []
+        for event, keep in self.pending:
+            try:
+                finished = self._done(event)
+            except Exception:
+                finished = True
+            if finished:
+                self._destroy(event)
+            else:
+                still.append((event, keep))
+        self.pending = still
+
+
+_KEEP = Keeper()
 
 
 def convert(arr, kind):
@@ -575,22 +414,29 @@ def convert(arr, kind):
         try:
             return jax.dlpack.from_dlpack(arr)
         except TypeError:
+            # An older JAX takes a capsule and hands us no stream: its compute stream is not the
+            # legacy one, so wait for the call's stream on the host before it reads the result.
+            _core.device_on(arr.device, _core.device_synchronize, arr.stream)
             return jax.dlpack.from_dlpack(arr.__dlpack__())
     if kind == "numba":
         from numba import cuda as numba_cuda
 
         if arr.stream != 0:  # Numba's default stream is the legacy one: order it after ours
-            _core.device_stream_wait(0, arr.stream)
+            _core.device_on(arr.device, _core.device_stream_wait, 0, arr.stream)
         return numba_cuda.as_cuda_array(arr, sync=False)
     return arr
 
 
 def run(call: Call, fn, *args):
-    """Runs the entry point with the call's workspace and stream, then finish()."""
+    """Runs the entry point with the call's workspace and stream, then finish(). On a failure
+    the work already enqueued may read the arguments: they are kept as after a success."""
     try:
         fn(*args, call.ws, call.stream)
     except BaseException:
-        call.close()
+        try:
+            call.retire()
+        finally:
+            call.restore()
         raise
     call.finish()
 
@@ -611,11 +457,6 @@ def sequence(values: Sequence):
 
 
 # ---- the losses on device arrays (options arrive checked by the public functions) ---------------
-
-def _check_sizes(arg, what):
-    if arg.size >= 2**62:
-        raise ValueError(f"{arg.name}: too many elements ({arg.size}) for {what}")
-
 
 def sigmoid_cross_entropy_loss(scores, targets, *, ignore, mode, loss_weight, diff, stream, sync):
     c = Call(scores, "scores", stream, sync)
@@ -640,8 +481,6 @@ def sigmoid_cross_entropy_loss(scores, targets, *, ignore, mode, loss_weight, di
 
 def softmax_with_loss(scores, labels, *, axis, ignore, mode, loss_weight, diff, prob, stream,
                       sync):
-    from ._arrays import axis_value
-
     c = Call(scores, "scores", stream, sync)
     x = c.main
     t_code = VALUE_CODES[value_dtype(x)]
@@ -799,8 +638,6 @@ def nll_loss(input, target, weight, *, ignore, red, grad, stream, sync):
 
 
 def softmax_like(which, input, dim, *, stream, sync):
-    from ._arrays import axis_value
-
     c = Call(input, "input", stream, sync)
     x = c.main
     code = VALUE_CODES[value_dtype(x)]
@@ -851,8 +688,6 @@ def sigmoid_cross_entropy_with_logits(labels, logits, *, grad, stream, sync):
 
 
 def softmax_cross_entropy_with_logits(labels, logits, axis, *, grad, stream, sync):
-    from ._arrays import axis_value
-
     c = Call(logits, "logits", stream, sync)
     x = c.main
     code = VALUE_CODES[value_dtype(x)]

@@ -60,6 +60,10 @@ cdef extern from "device_bridge.hpp" namespace "xk_device" nogil:
     void set_device(int device) except +xk_raise_py_error
     void stream_wait(uintptr_t waiter, uintptr_t producer) except +xk_raise_py_error
     void synchronize(uintptr_t stream) except +xk_raise_py_error
+    uintptr_t record_event(uintptr_t stream) except +xk_raise_py_error
+    bint event_done(uintptr_t event) except +xk_raise_py_error
+    void destroy_event(uintptr_t event)
+    const char* kernel_image_problem()
     void check(uintptr_t workspace, uintptr_t stream) except +xk_raise_py_error
 
     void sigmoid_cross_entropy_loss(int t, uintptr_t scores, uintptr_t targets, int64_t outer,

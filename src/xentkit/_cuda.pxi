@@ -113,13 +113,17 @@ cdef void _dl_capsule_destructor(object capsule) noexcept:
 
 
 def _consumer_stream(stream):
-    """A DLPack consumer's stream argument as a handle (0 = legacy default), or -1 for none."""
+    """A DLPack consumer's stream argument as a handle (0 = legacy default), or -1 for none.
+    0 is ambiguous for CUDA in the DLPack protocol and refused (1 is the legacy stream)."""
     if stream is None:
         return 0
     if isinstance(stream, bool) or not isinstance(stream, int):
         raise TypeError(f"stream: expected None or an integer stream handle, got {stream!r}")
     if stream == -1:
         return -1
+    if stream == 0:
+        raise BufferError("stream: 0 is ambiguous for CUDA in the DLPack protocol; expected 1 "
+                          "(the legacy default stream), 2 (per-thread), -1 or a stream handle")
     if stream < 0:
         raise ValueError(f"stream: expected -1, 1, 2 or a stream handle, got {stream}")
     return 0 if stream == 1 else stream
@@ -128,7 +132,10 @@ def _consumer_stream(stream):
 cdef class DeviceArray:
     """A C-contiguous array in CUDA device memory that xentkit allocated for a result.
 
-    It is freed (stream-ordered, on the stream the call ran on) when the last reference goes.
+    It is freed (stream-ordered, on the stream the call ran on) when the last reference goes,
+    after the work of every consumer stream it was exported to through ``__dlpack__`` so far
+    (the streams given there, which must outlive the array; a ``__cuda_array_interface__``
+    consumer reading on another stream must keep the array alive itself until it is done).
     Other libraries read it without a copy through ``__cuda_array_interface__`` (version 3, with
     its stream) or ``__dlpack__``/``__dlpack_device__`` (``torch.from_dlpack``,
     ``cupy.from_dlpack``, ``jax.numpy.from_dlpack``); exporting to a consumer on another stream
@@ -137,6 +144,7 @@ cdef class DeviceArray:
     cdef uintptr_t _base
     cdef uintptr_t _ptr
     cdef uintptr_t _stream
+    cdef list _consumers
     cdef readonly tuple shape
     cdef readonly str dtype
     cdef readonly int device
@@ -153,8 +161,16 @@ cdef class DeviceArray:
     def __dealloc__(self):
         cdef uintptr_t base = self._base
         self._base = 0
-        if base != 0:
-            xkc.release(self.device, base, self._stream)
+        if base == 0:
+            return
+        if self._consumers:
+            # The free is ordered on self._stream: make it wait for the consumers' reads first.
+            for consumer in self._consumers:
+                try:
+                    _on_device(self.device, xkc.stream_wait, self._stream, consumer)
+                except BaseException:
+                    pass
+        xkc.release(self.device, base, self._stream)
 
     @property
     def ptr(self):
@@ -214,6 +230,10 @@ cdef class DeviceArray:
         consumer = _consumer_stream(stream)
         if consumer != -1 and consumer != self._stream:
             _on_device(self.device, xkc.stream_wait, consumer, self._stream)
+            if self._consumers is None:
+                self._consumers = []
+            if consumer not in self._consumers:
+                self._consumers.append(consumer)
         cdef int ndim = len(self.shape)
         cdef DLManagedTensor* m = <DLManagedTensor*>malloc(
             sizeof(DLManagedTensor) + 2 * max(ndim, 1) * sizeof(int64_t))
@@ -322,6 +342,33 @@ def device_stream_wait(uintptr_t waiter, uintptr_t producer):
 def device_synchronize(uintptr_t stream):
     with nogil:
         xkc.synchronize(stream)
+
+
+def device_record_event(uintptr_t stream):
+    """An event (a handle) marking the work enqueued on `stream` so far, on the current device."""
+    cdef uintptr_t event
+    with nogil:
+        event = xkc.record_event(stream)
+    return event
+
+
+def device_event_done(uintptr_t event):
+    """Whether the work an event marks has completed (never waits)."""
+    return xkc.event_done(event)
+
+
+def device_destroy_event(uintptr_t event):
+    xkc.destroy_event(event)
+
+
+def device_kernel_problem():
+    """Why this build's kernels cannot run on the current device, or "" when they can."""
+    return (<bytes>xkc.kernel_image_problem()).decode("utf-8", "replace")
+
+
+def device_on(int device, fn, *args):
+    """fn(*args) with `device` current, the previous device restored after."""
+    return _on_device(device, fn, *args)
 
 
 def device_check(uintptr_t workspace, uintptr_t stream):

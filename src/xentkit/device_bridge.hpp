@@ -107,6 +107,14 @@ inline void stream_wait(uintptr_t waiter, uintptr_t producer) {
   xc::stream_wait(stream_of(waiter), stream_of(producer));
 }
 inline void synchronize(uintptr_t stream) { xc::synchronize(stream_of(stream)); }
+inline uintptr_t record_event(uintptr_t stream) {
+  return reinterpret_cast<uintptr_t>(xc::record_event(stream_of(stream)));
+}
+inline bool event_done(uintptr_t event) { return xc::event_done(reinterpret_cast<void*>(event)); }
+inline void destroy_event(uintptr_t event) noexcept {
+  xc::destroy_event(reinterpret_cast<void*>(event));
+}
+inline const char* kernel_image_problem() noexcept { return xc::kernel_image_problem(); }
 inline void check(uintptr_t workspace, uintptr_t stream) { xc::check(launch_of(workspace, stream)); }
 
 // ---- Caffe ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -699,6 +700,230 @@ TYPED_TEST(CudaDevice, BadProbabilities) {
   }
 }
 
+// ---- the first device run: launch layouts, in-place gradients, concurrency --------------------
+
+/// cross_entropy (or nll_loss) with grad written over the input itself, against the CPU; two
+/// runs on fresh copies give the same bits.
+template <typename S>
+void in_place_case(std::mt19937_64& rng, bool nll, int64_t A, int64_t C, int64_t B) {
+  using R = Ref<S>;
+  SCOPED_TRACE(std::string(nll ? "in-place nll_loss" : "in-place cross_entropy") + " A=" +
+               std::to_string(A) + " C=" + std::to_string(C) + " B=" + std::to_string(B));
+  const int64_t P = A * B, N = P * C;
+  auto x = nll ? uniform<R>(rng, N, -12.0, 0.0) : normal<R>(rng, N, 3.0);
+  auto w = uniform<R>(rng, C, 0.2, 2.0);
+  const auto xs = round_to<S>(x);
+  const auto ws = round_to<S>(w);
+  std::vector<int64_t> y(P);
+  std::uniform_int_distribution<int64_t> cls(0, C - 1);
+  for (auto& v : y) v = cls(rng);
+  std::vector<R> loss(P), grad(N);
+  xk::CrossEntropyOptions co;
+  co.label_smoothing = 0.1;
+  xk::NllLossOptions no;
+  const R red = nll ? xk::nll_loss(x.data(), y.data(), A, C, B, w.data(), loss.data(),
+                                   grad.data(), no)
+                    : xk::cross_entropy(x.data(), y.data(), A, C, B, w.data(), loss.data(),
+                                        grad.data(), co);
+  Dev<S> dw(ws), dloss(P), dred(1);
+  Dev<int64_t> dy(y);
+  std::vector<S> first;
+  for (int run = 0; run < 2; ++run) {
+    Dev<S> dx(xs);
+    if (nll) {
+      xc::nll_loss(dx.p, dy.p, A, C, B, dw.p, dloss.p, dx.p, dred.p, no, g_launch);
+    } else {
+      xc::cross_entropy(dx.p, dy.p, A, C, B, dw.p, dloss.p, dx.p, dred.p, co, g_launch);
+    }
+    EXPECT_NO_THROW(xc::check(g_launch));
+    const auto g = dx.get();
+    if (run == 0) {
+      expect_close<S>("grad", g, grad);
+      expect_close<S>("loss", dloss.get(), loss);
+      expect_close<S>("reduced", dred.get()[0], red);
+      first = g;
+    } else {
+      EXPECT_TRUE(same_bits(first, g)) << "in-place grad not deterministic";
+    }
+  }
+}
+
+template <typename S>
+void softmax_case(std::mt19937_64& rng, int64_t A, int64_t C, int64_t B) {
+  using R = Ref<S>;
+  SCOPED_TRACE("softmax A=" + std::to_string(A) + " C=" + std::to_string(C) + " B=" +
+               std::to_string(B));
+  const int64_t N = A * C * B;
+  auto x = normal<R>(rng, N, 4.0);
+  const auto xs = round_to<S>(x);
+  std::vector<R> p(N), lp(N);
+  xk::softmax(x.data(), A, C, B, p.data());
+  xk::log_softmax(x.data(), A, C, B, lp.data());
+  Dev<S> dx(xs), dp(N), dlp(N);
+  xc::softmax(dx.p, A, C, B, dp.p, g_launch);
+  xc::log_softmax(dx.p, A, C, B, dlp.p, g_launch);
+  expect_close<S>("softmax", dp.get(), p);
+  expect_close<S>("log_softmax", dlp.get(), lp);
+}
+
+/// The staged kernel's rows just under, at and over 48 KiB less its static shared memory (the
+/// launch needed the opt-in there and had none before).
+TYPED_TEST(CudaDevice, StagingWindowAroundTheDefaultSharedLimit) {
+  using S = TypeParam;
+  std::mt19937_64 rng(21);
+  std::vector<int64_t> classes;
+  if (sizeof(S) == 4) classes = {12128, 12129, 12288};
+  if (sizeof(S) == 2) classes = {24256, 24257, 24576};
+  if (sizeof(S) == 8) classes = {6048, 6049, 6144};
+  for (const int64_t C : classes) {
+    class_index_case<S>(rng, false, 5, C, 1, true, 0.1, 0.1, xk::Reduction::mean);
+    class_index_case<S>(rng, true, 5, C, 1, true, 0.1, 0.0, xk::Reduction::mean);
+    in_place_case<S>(rng, false, 4, C, 1);
+    softmax_case<S>(rng, 3, C, 1);
+  }
+}
+
+/// Every row layout's edges: warp rows (K = 1..32), the block kernels, the positions kernels
+/// (thread and warp per position), in place.
+TYPED_TEST(CudaDevice, LayoutEdges) {
+  using S = TypeParam;
+  std::mt19937_64 rng(22);
+  for (const int64_t C : {1, 31, 32, 33, 511, 512, 513, 1023, 1024, 1025}) {
+    for (const int64_t B : {1, 3}) {
+      class_index_case<S>(rng, false, 7, C, B, true, 0.1, 0.1, xk::Reduction::mean);
+      in_place_case<S>(rng, false, 5, C, B);
+      in_place_case<S>(rng, true, 5, C, B);
+    }
+  }
+  // A long class axis that is not last, few positions: one warp per position.
+  class_index_case<S>(rng, false, 2, 4096, 16, true, 0.1, 0.1, xk::Reduction::sum);
+  probabilities_case<S>(rng, 2, 2048, 8, true, 0.1, xk::Reduction::mean);
+  softmax_case<S>(rng, 1, 3000, 33);
+}
+
+/// Long rows: the cluster path on sm_90 (the sweeping block kernel elsewhere), odd C (unaligned
+/// rows, scalar staging), in place, with weights, smoothing and probability targets.
+TYPED_TEST(CudaDevice, LongRows) {
+  using S = TypeParam;
+  std::mt19937_64 rng(23);
+  std::vector<int64_t> classes;
+  if (std::is_same_v<S, float>) classes = {24577, 81921, 100003, 128256, 262144};
+  if (std::is_same_v<S, bfloat16>) classes = {128256};
+  if (std::is_same_v<S, double>) classes = {20000};
+  for (const int64_t C : classes) {
+    class_index_case<S>(rng, false, 3, C, 1, true, 0.0, 0.1, xk::Reduction::mean);
+    probabilities_case<S>(rng, 3, C, 1, true, 0.1, xk::Reduction::mean);
+    class_index_case<S>(rng, true, 3, C, 1, true, 0.0, 0.0, xk::Reduction::sum);
+    in_place_case<S>(rng, false, 3, C, 1);
+    in_place_case<S>(rng, true, 3, C, 1);
+  }
+}
+
+/// Two host threads calling with different long rows at once get the bits of a solo run (the
+/// launch limits are decided once per device, never changed by another call).
+TEST(CudaDeviceConcurrency, TwoThreadsKeepTheSoloBits) {
+  struct Job {
+    int64_t A, C;
+    std::vector<float> x;
+    std::vector<int64_t> y;
+    std::vector<float> solo_grad, solo_red;
+  };
+  std::mt19937_64 rng(24);
+  std::vector<Job> jobs;
+  for (const int64_t C : {81921, 128256}) {
+    Job j{4, C, normal<float>(rng, static_cast<std::size_t>(4 * C), 3.0), {}, {}, {}};
+    std::uniform_int_distribution<int64_t> cls(0, C - 1);
+    for (int i = 0; i < 4; ++i) j.y.push_back(cls(rng));
+    jobs.push_back(std::move(j));
+  }
+  xk::CrossEntropyOptions co;
+  co.label_smoothing = 0.1;
+  auto run = [&co](Job& j, xc::Launch launch, std::vector<float>* grad, std::vector<float>* red,
+                   int times) {
+    Dev<float> dx(j.x), dg(j.x.size()), dr(1);
+    Dev<int64_t> dy(j.y);
+    for (int t = 0; t < times; ++t) {
+      xc::cross_entropy(dx.p, dy.p, j.A, j.C, int64_t{1}, static_cast<const float*>(nullptr),
+                        static_cast<float*>(nullptr), dg.p, dr.p, co, launch);
+    }
+    xc::check(launch);
+    grad->resize(j.x.size());
+    red->resize(1);
+    cudaMemcpy(grad->data(), dg.p, grad->size() * sizeof(float), cudaMemcpyDeviceToHost);
+    cudaMemcpy(red->data(), dr.p, sizeof(float), cudaMemcpyDeviceToHost);
+  };
+  for (auto& j : jobs) run(j, g_launch, &j.solo_grad, &j.solo_red, 1);
+  std::vector<xc::Launch> launches;
+  for (int i = 0; i < 2; ++i) {
+    cudaStream_t s = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    void* ws = nullptr;
+    CUDA_OK(cudaMalloc(&ws, xc::kWorkspaceBytes));
+    launches.push_back(xc::Launch{ws, reinterpret_cast<xc::stream_t>(s)});
+  }
+  std::vector<float> grads[2], reds[2];
+  std::string errors[2];
+  std::thread threads[2];
+  for (int i = 0; i < 2; ++i) {
+    threads[i] = std::thread([&, i] {
+      try {
+        run(jobs[i], launches[i], &grads[i], &reds[i], 8);
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(errors[i], "");
+    EXPECT_TRUE(same_bits(grads[i], jobs[i].solo_grad)) << "thread " << i;
+    EXPECT_TRUE(same_bits(reds[i], jobs[i].solo_red)) << "thread " << i;
+    cudaFree(launches[i].workspace);
+    cudaStreamDestroy(reinterpret_cast<cudaStream_t>(launches[i].stream));
+  }
+}
+
+/// Elementwise tails and misaligned bases (x + 1, t + 1: the scalar path), in place.
+TYPED_TEST(CudaDevice, ElementwiseTails) {
+  using S = TypeParam;
+  using R = Ref<S>;
+  std::mt19937_64 rng(25);
+  std::vector<int64_t> sizes;
+  for (int64_t n = 1; n <= 17; ++n) sizes.push_back(n);
+  sizes.push_back(4099);
+  for (const int64_t n : sizes) {
+    for (const bool logits : {false, true}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + (logits ? " logits" : " probabilities"));
+      auto x = logits ? normal<R>(rng, n + 1, 3.0) : uniform<R>(rng, n + 1, 0.01, 0.99);
+      auto t = uniform<R>(rng, n + 1, 0.0, 1.0);
+      const auto xs = round_to<S>(x), ts = round_to<S>(t);
+      std::vector<R> loss(n), grad(n);
+      xk::BinaryCrossEntropyOptions o;
+      o.reduction = xk::Reduction::sum;
+      const R red = logits ? xk::binary_cross_entropy_with_logits(
+                                 x.data() + 1, t.data() + 1, n, Broadcast<R>{}, Broadcast<R>{},
+                                 loss.data(), grad.data(), o)
+                           : xk::binary_cross_entropy(x.data() + 1, t.data() + 1, n,
+                                                      Broadcast<R>{}, loss.data(), grad.data(), o);
+      Dev<S> dx(xs), dt(ts), dloss(n), dred(1);
+      S* gx = dx.p + 1;  // in place, misaligned
+      if (logits) {
+        xc::binary_cross_entropy_with_logits(gx, dt.p + 1, n, Broadcast<S>{}, Broadcast<S>{},
+                                             dloss.p, gx, dred.p, o, g_launch);
+      } else {
+        xc::binary_cross_entropy(gx, dt.p + 1, n, Broadcast<S>{}, dloss.p, gx, dred.p, o,
+                                 g_launch);
+      }
+      EXPECT_NO_THROW(xc::check(g_launch));
+      auto g = dx.get();
+      g.erase(g.begin());
+      expect_close<S>("grad", g, grad);
+      expect_close<S>("loss", dloss.get(), loss);
+      expect_close<S>("reduced", dred.get()[0], red);
+    }
+  }
+}
+
 // ---- memory and stream helpers ----------------------------------------------------------------
 
 TEST(CudaDeviceHelpers, MemoryAndStreams) {
@@ -741,6 +966,10 @@ int main(int argc, char** argv) {
   if (!xk::cuda_available()) {
     std::printf("no usable CUDA device: skipped\n");
     return 77;
+  }
+  if (const char* problem = xc::kernel_image_problem(); *problem != '\0') {
+    std::printf("%s\n", problem);  // a device, but this build's kernels do not load on it
+    return 1;
   }
   cudaStream_t stream = nullptr;
   void* workspace = nullptr;

@@ -493,7 +493,14 @@ TEST(CudaHostUnavailable, HelpersThrow) {
   EXPECT_EQ(outcome([&] { xc::stream_wait(nullptr, nullptr); }).kind, "unavailable");
   EXPECT_EQ(outcome([&] { xc::synchronize(nullptr); }).kind, "unavailable");
   EXPECT_EQ(outcome([&] { xc::copy_to_host(&host, &host, 4, nullptr); }).kind, "unavailable");
+  EXPECT_EQ(outcome([&] { (void)xc::record_event(nullptr); }).kind, "unavailable");
   xc::release(nullptr, nullptr);  // never throws
+  xc::destroy_event(nullptr);     // never throws
+  // The reason the kernels cannot run is a sentence, never empty without a device.
+  const std::string problem = xc::kernel_image_problem();
+  EXPECT_FALSE(problem.empty());
+  EXPECT_NE(problem.find(xk::cuda_built() ? "no usable CUDA device" : "no CUDA kernels"),
+            std::string::npos) << problem;
   const Outcome o = outcome([&] { xc::softmax<float>(nullptr, 0, 0, 0, nullptr, launch); });
   EXPECT_EQ(o.kind, "unavailable");
   if (xk::cuda_built()) {
@@ -572,6 +579,57 @@ TEST(CudaHostPlans, CaffeSigmoid) {
   o.normalization = xk::Normalization::batch_size;
   p = xd::plan_sigmoid_cross_entropy_loss(s.data(), t.data(), 0, 0, diff.data(), &loss, o);
   EXPECT_EQ(p.divisor, 1.0);  // max(1, 0)
+}
+
+// A diff that partially overlaps the scores would race on the device (one row's gradient written
+// over another row's scores while it is read): refused before anything is enqueued; the scores
+// themselves (in place) are accepted.
+TEST(CudaHostPlans, CaffeDiffPartiallyOverlappingScoresIsRefused) {
+  std::mt19937 gen(7);
+  const int64_t outer = 2 + static_cast<int64_t>(gen() % 4), channels = 3 + gen() % 5;
+  const int64_t count = outer * channels;
+  std::vector<float> s(2 * count), t(count), labels(outer);
+  float loss = 0;
+  const int64_t shift = 1 + static_cast<int64_t>(gen() % (count - 1));
+  xk::SigmoidCrossEntropyLossOptions so;
+  const Outcome a = outcome([&] {
+    (void)xd::plan_sigmoid_cross_entropy_loss(s.data(), t.data(), outer, count, s.data() + shift,
+                                              &loss, so);
+  });
+  EXPECT_EQ(a.kind, "value");
+  EXPECT_NE(a.what.find("diff"), std::string::npos) << a.what;
+  EXPECT_NO_THROW((void)xd::plan_sigmoid_cross_entropy_loss(s.data(), t.data(), outer, count,
+                                                            s.data(), &loss, so));
+  xk::SoftmaxWithLossOptions mo;
+  const Outcome b = outcome([&] {
+    (void)xd::plan_softmax_with_loss(s.data(), labels.data(), outer, channels, int64_t{1},
+                                     s.data() + shift, static_cast<float*>(nullptr), &loss, mo);
+  });
+  EXPECT_EQ(b.kind, "value");
+  EXPECT_NE(b.what.find("diff"), std::string::npos) << b.what;
+  EXPECT_NO_THROW((void)xd::plan_softmax_with_loss(s.data(), labels.data(), outer, channels,
+                                                   int64_t{1}, s.data(),
+                                                   static_cast<float*>(nullptr), &loss, mo));
+}
+
+// binary_cross_entropy reads a bad target again after the gradient is written (for its message):
+// a grad overlapping the target is refused; with logits nothing is read again, so it is allowed.
+TEST(CudaHostPlans, BinaryGradOverlappingTargetIsRefused) {
+  std::vector<double> x(8), t(16);
+  xk::BinaryCrossEntropyOptions o;
+  const Outcome a = outcome([&] {
+    (void)xd::plan_binary_cross_entropy<double>(x.data(), t.data(), 8, Broadcast<double>{}, nullptr,
+                                        t.data() + 3, nullptr, o);
+  });
+  EXPECT_EQ(a.kind, "value");
+  EXPECT_NE(a.what.find("grad"), std::string::npos) << a.what;
+  EXPECT_NE(a.what.find("target"), std::string::npos) << a.what;
+  EXPECT_NO_THROW((void)xd::plan_binary_cross_entropy<double>(x.data(), t.data(), 8,
+                                                              Broadcast<double>{},
+                                                      nullptr, x.data(), nullptr, o));
+  EXPECT_NO_THROW((void)xd::plan_binary_cross_entropy_with_logits<double>(
+      x.data(), t.data(), 8, Broadcast<double>{}, Broadcast<double>{}, nullptr, t.data(),
+      nullptr, o));
 }
 
 TEST(CudaHostPlans, CaffeSoftmax) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "softmax_launch.hpp"
 #include "softmax_math.hpp"
 #include "xentkit/detail/labels.hpp"
 #include "xentkit/losses.hpp"
@@ -623,3 +625,96 @@ TEST(CudaSoftmaxMathFormulas, ConfidentRowKeepsRelativePrecision) {
 }
 
 }  // namespace
+
+// ---- the launch layout (cuda/softmax_launch.hpp) -------------------------------------------
+
+namespace ls = xentkit::cuda::detail::launch_shape;
+
+constexpr int64_t kH100Optin = 227 * 1024;  // cudaDevAttrMaxSharedMemoryPerBlockOptin, sm_90
+constexpr int64_t kT4Optin = 64 * 1024;     // sm_75
+
+// The staged kernel's static shared memory counts against the 48 KiB of a launch without the
+// opt-in: rows whose staged size alone is under 48 KiB still need it in the windows the review
+// of the kernels found (float32 C 12129-12288, 16-bit 24257-24576, float64 6049-6144).
+TEST(CudaLaunchShape, StaticSharedMemoryCountsTowardTheOptIn) {
+  struct Window { int elem, compute; int64_t first, last; };
+  for (const Window w : {Window{4, 4, 12129, 12288}, Window{2, 4, 24257, 24576},
+                         Window{8, 8, 6049, 6144}}) {
+    const int64_t stat = ls::block_static_bytes(w.compute);
+    EXPECT_FALSE(ls::needs_opt_in(ls::staged_bytes(w.first - 1, w.elem), stat)) << w.first - 1;
+    for (int64_t C = w.first; C <= w.last; ++C) {
+      const int64_t dyn = ls::staged_bytes(C, w.elem);
+      ASSERT_LE(dyn, ls::kDefaultSharedBytes) << C;  // the old test (dynamic alone) missed these
+      ASSERT_TRUE(ls::needs_opt_in(dyn, stat)) << C;
+      // With the opt-in granted the row is staged; refused, it is not (never a failing launch).
+      ASSERT_EQ(ls::kernel_for(3, C, 1, w.elem, ls::staged_limit(kH100Optin, stat, true), false),
+                ls::Kernel::staged_rows) << C;
+      ASSERT_EQ(ls::kernel_for(3, C, 1, w.elem, ls::staged_limit(kH100Optin, stat, false), false),
+                ls::Kernel::long_rows) << C;
+    }
+  }
+}
+
+// Whatever the device grants, a staged launch's static plus dynamic shared memory fits it.
+TEST(CudaLaunchShape, StagedRowsAlwaysFitTheDevice) {
+  std::mt19937_64 gen(11);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int elem = std::array<int, 4>{2, 2, 4, 8}[gen() % 4];
+    const int compute = elem == 8 ? 8 : 4;
+    const int64_t stat = ls::block_static_bytes(compute);
+    const int64_t optin = std::array<int64_t, 3>{kT4Optin, 163 * 1024, kH100Optin}[gen() % 3];
+    const bool granted = gen() % 4 != 0;
+    const int64_t limit = ls::staged_limit(optin, stat, granted);
+    const int64_t C = 1 + static_cast<int64_t>(gen() % 60000);
+    if (ls::kernel_for(1, C, 1, elem, limit, false) != ls::Kernel::staged_rows) continue;
+    const int64_t total = ls::staged_bytes(C, elem) + stat;
+    EXPECT_LE(total, granted ? optin : ls::kDefaultSharedBytes) << C << " " << elem;
+    EXPECT_LE(ls::staged_bytes(C, elem), ls::kStageBytes);
+  }
+  // A T4 stages float32 rows up to its 64 KiB opt-in, not 96 KiB.
+  const int64_t t4 = ls::staged_limit(kT4Optin, ls::block_static_bytes(4), true);
+  EXPECT_EQ(ls::kernel_for(1, t4 / 4, 1, 4, t4, false), ls::Kernel::staged_rows);
+  EXPECT_EQ(ls::kernel_for(1, t4 / 4 + 4, 1, 4, t4, false), ls::Kernel::long_rows);
+}
+
+// nll reads x[y] alone: rows beyond the warp layout take the sweeping kernel, no shared stage.
+TEST(CudaLaunchShape, NllStagesNothing) {
+  const int64_t limit = ls::staged_limit(kH100Optin, ls::block_static_bytes(4), true);
+  for (int64_t C : {1025, 5000, 12288, 24576, 128256, 300000}) {
+    EXPECT_EQ(ls::kernel_for(4, C, 1, 4, limit, true), ls::Kernel::sweep_rows) << C;
+  }
+  EXPECT_EQ(ls::kernel_for(4, 1024, 1, 4, limit, true), ls::Kernel::warp_rows);
+  EXPECT_EQ(ls::kernel_for(4, 513, 1, 8, limit, true), ls::Kernel::sweep_rows);
+}
+
+// The class axis not last with a long axis and few positions: a warp per position.
+TEST(CudaLaunchShape, PositionsLayout) {
+  EXPECT_EQ(ls::kernel_for(2048, 128256, 2048, 4, 0, false), ls::Kernel::warp_positions);
+  EXPECT_EQ(ls::kernel_for(2048, 128256, 2048, 4, 0, true), ls::Kernel::warp_positions);
+  EXPECT_EQ(ls::kernel_for(2048, 10, 2048, 4, 0, false), ls::Kernel::positions);
+  EXPECT_EQ(ls::kernel_for(int64_t{1} << 20, 1000, 4096, 2, 0, false), ls::Kernel::positions);
+  EXPECT_EQ(ls::kernel_for(0, 0, 1, 4, 0, false), ls::Kernel::positions);
+}
+
+// Cluster slices: 16-byte aligned, within a block's stage, covering the row, fewest blocks.
+TEST(CudaLaunchShape, ClusterSlices) {
+  for (int elem : {2, 4, 8}) {
+    for (int64_t C : {24577, 81921, 100003, 128256, 262144, 327680}) {
+      const ls::ClusterShape cs = ls::cluster_shape(C, elem);
+      if (cs.ranks == 0) {
+        EXPECT_GT((C + 7) / 8 * elem, ls::kClusterStageBytes) << C;
+        continue;
+      }
+      EXPECT_EQ(cs.slice * elem % 16, 0) << C;
+      EXPECT_LE(cs.slice * elem, ls::kClusterStageBytes) << C;
+      EXPECT_GE(cs.slice * cs.ranks, C) << C;
+      if (cs.ranks > 2) {
+        const int64_t half = ((C + cs.ranks / 2 - 1) / (cs.ranks / 2) + 16 / elem - 1) /
+                             (16 / elem) * (16 / elem);
+        EXPECT_GT(half * elem, ls::kClusterStageBytes) << C;
+      }
+    }
+  }
+  EXPECT_EQ(ls::cluster_shape(128256, 4).ranks, 4);
+  EXPECT_EQ(ls::cluster_shape(128256, 2).ranks, 2);
+}

@@ -292,3 +292,205 @@ def test_device_array_without_a_library_kind():
     back = torch.from_dlpack(out)
     torch.testing.assert_close(back, torch.log_softmax(x, -1), rtol=1e-5, atol=1e-6)
     assert out.__cuda_array_interface__["version"] == 3
+
+
+# ---- the first device run: what the review of the kernels asked to see ----------------------
+
+def _torch():
+    import torch
+
+    return torch
+
+
+_TORCH_DTYPES = ["float32", "float16", "bfloat16", "float64"]
+_WINDOW = {"float32": (12128, 12129, 12288), "float16": (24256, 24257, 24576),
+           "bfloat16": (24256, 24257, 24576), "float64": (6048, 6049, 6144)}
+
+
+def _tol(dtype):
+    rtol, atol = TOL[dtype]
+    return (rtol * 4, atol * 4) if dtype in ("float16", "bfloat16") else (rtol, atol)
+
+
+def _ref_cross_entropy(x, y, **kw):
+    """PyTorch on the CPU in float64 on the same (rounded) values: loss and grad."""
+    torch = _torch()
+    xr = x.detach().cpu().double().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(xr, y.cpu(), **kw)
+    loss.backward()
+    return loss.detach(), xr.grad
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", _TORCH_DTYPES)
+def test_staging_window_around_48_kib(dtype):
+    """Rows whose staged size plus the kernel's static shared memory just passes 48 KiB."""
+    torch = _torch()
+    gen = torch.Generator().manual_seed(31)
+    rtol, atol = _tol(dtype)
+    for C in _WINDOW[dtype]:
+        rows = 3 + C % 6
+        x = (torch.randn(rows, C, generator=gen) * 3).to(getattr(torch, dtype)).cuda()
+        y = torch.randint(0, C, (rows,), generator=gen).cuda()
+        loss, grad = xentkit.cross_entropy(x, y, grad=True, sync=True)
+        want, wgrad = _ref_cross_entropy(x, y)
+        torch.testing.assert_close(loss.double().cpu(), want, rtol=rtol, atol=atol)
+        torch.testing.assert_close(grad.double().cpu(), wgrad, rtol=rtol, atol=atol)
+        lp = torch.log_softmax(x.double(), 1)
+        nl, ng = xentkit.nll_loss(lp.to(x.dtype), y, grad=True, sync=True)
+        torch.testing.assert_close(
+            nl.double().cpu(),
+            torch.nn.functional.nll_loss(lp.to(x.dtype).double().cpu(), y.cpu()),
+            rtol=rtol, atol=atol)
+        assert ng.shape == x.shape
+        p = xentkit.softmax(x, dim=1, sync=True)
+        torch.testing.assert_close(p.double().cpu(), torch.softmax(x.double().cpu(), 1),
+                                   rtol=rtol, atol=atol)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype, C", [("float32", 24577), ("float32", 81921),
+                                      ("float32", 100003), ("float32", 128256),
+                                      ("float32", 262144), ("bfloat16", 128256),
+                                      ("float64", 20000)])
+def test_long_rows_in_place_and_deterministic(dtype, C):
+    torch = _torch()
+    gen = torch.Generator().manual_seed(C)
+    rtol, atol = _tol(dtype)
+    x0 = (torch.randn(4, C, generator=gen) * 3).to(getattr(torch, dtype)).cuda()
+    y = torch.randint(0, C, (4,), generator=gen).cuda()
+    w = torch.rand(C, generator=gen).add(0.5).to(x0.dtype).cuda()
+    want, wgrad = _ref_cross_entropy(x0, y, weight=w.double().cpu(), label_smoothing=0.1)
+    bits = []
+    for _ in range(2):
+        x = x0.clone()
+        loss, g = xentkit.cross_entropy(x, y, w, label_smoothing=0.1, grad=x, sync=True)
+        assert g.data_ptr() == x.data_ptr()
+        torch.testing.assert_close(loss.double().cpu(), want, rtol=rtol, atol=atol)
+        torch.testing.assert_close(x.double().cpu(), wgrad, rtol=rtol, atol=atol)
+        bits.append((loss.cpu(), x.cpu()))
+    assert torch.equal(bits[0][0], bits[1][0]) and torch.equal(bits[0][1], bits[1][1])
+
+
+@needs_torch
+def test_two_threads_with_different_rows_keep_the_solo_bits():
+    import threading
+
+    torch = _torch()
+    gen = torch.Generator().manual_seed(5)
+    cases = []
+    for C in (81921, 128256, 262144):
+        x = torch.randn(4, C, generator=gen).cuda()
+        y = torch.randint(0, C, (4,), generator=gen).cuda()
+        loss, g = xentkit.cross_entropy(x, y, grad=True, sync=True)
+        cases.append((x, y, loss.cpu(), g.cpu()))
+    results = {}
+
+    def work(i):
+        x, y, _, _ = cases[i]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(10):
+                loss, g = xentkit.cross_entropy(x, y, grad=True)
+            s.synchronize()
+        results[i] = (loss.cpu(), g.cpu())
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (_, _, loss, g) in enumerate(cases):
+        assert torch.equal(results[i][0], loss) and torch.equal(results[i][1], g), i
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_explicit_stream_is_ordered_after_torchs_pending_writes(dtype):
+    """float32 (CAI v2, no stream) and bfloat16 (DLPack) alike: no wait_stream by the caller."""
+    torch = _torch()
+    gen = torch.Generator().manual_seed(7)
+    src = torch.randn(64, 5000, generator=gen).to(getattr(torch, dtype)).cuda()
+    y = torch.randint(0, 5000, (64,), generator=gen).cuda()
+    want, _ = _ref_cross_entropy(src, y)
+    s = torch.cuda.Stream()
+    for _ in range(3):
+        x = torch.zeros_like(src)
+        torch.cuda.synchronize()
+        torch.cuda._sleep(100_000_000)  # on torch's current stream, then the write
+        x.copy_(src)
+        loss = xentkit.cross_entropy(x, y, stream=s)
+        s.synchronize()
+        torch.testing.assert_close(loss.double().cpu(), want, rtol=1e-2, atol=1e-2)
+
+
+@needs_torch
+def test_a_temporary_argument_lives_until_the_kernels_read_it():
+    torch = _torch()
+    gen = torch.Generator().manual_seed(8)
+    host = torch.randn(256, 4096, generator=gen)
+    y = torch.randint(0, 4096, (256,), generator=gen).cuda()
+    want, _ = _ref_cross_entropy(host, y)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(100_000_000)  # the call's kernels wait behind this
+    loss = xentkit.cross_entropy(host.cuda(), y, stream=s)  # the only reference dies here
+    junk = [torch.full((256, 4096), float("nan"), device="cuda") for _ in range(8)]
+    s.synchronize()
+    torch.testing.assert_close(loss.double().cpu(), want, rtol=1e-5, atol=1e-6)
+    del junk
+
+
+def test_cuda_available_means_the_kernels_load():
+    if not xentkit.cuda_available():
+        pytest.skip("needs a CUDA device")
+    assert xentkit._core.device_kernel_problem() == ""
+
+
+@needs_torch
+def test_beyond_2_31_elements():
+    """Flat indices past 2^31 (int64 index math), sampled against the CPU; a bad probability
+    past 2^31 is reported with its index."""
+    torch = _torch()
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip("needs 40 GiB of free device memory")
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    # bf16 cross_entropy, warp layout, outer * C > 2^31
+    rows, C = 2**21 + 3, 1024
+    x = torch.randn(rows, C, device="cuda", generator=gen).to(torch.bfloat16)
+    y = torch.randint(0, C, (rows,), device="cuda", generator=gen)
+    per, g = xentkit.cross_entropy(x, y, reduction="none", grad=True, sync=True)
+    pick = torch.tensor([0, 1, 2**20, rows - 2, rows - 1], device="cuda")
+    xs = x[pick].double().cpu().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(xs, y[pick].cpu(), reduction="none")
+    ref.sum().backward()
+    torch.testing.assert_close(per[pick].double().cpu(), ref.detach(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(g[pick].double().cpu(), xs.grad, rtol=5e-2, atol=5e-2)
+    del x, y, per, g
+    # positions layout (1, 4, 2^29 + 3)
+    inner = 2**29 + 3
+    x = torch.randn(1, 4, inner, device="cuda", generator=gen)
+    y = torch.randint(0, 4, (1, inner), device="cuda", generator=gen)
+    per = xentkit.cross_entropy(x, y, reduction="none", sync=True)
+    cols = torch.tensor([0, inner // 2, inner - 1], device="cuda")
+    ref = torch.nn.functional.cross_entropy(x[0][:, cols].T.double().cpu(), y[0][cols].cpu(),
+                                            reduction="none")
+    torch.testing.assert_close(per[0][cols].double().cpu(), ref, rtol=1e-5, atol=1e-6)
+    del x, y, per
+    # float16 BCE with logits and BCE, n = 2^31 + 17
+    n = 2**31 + 17
+    x = torch.rand(n, device="cuda", generator=gen).to(torch.float16)
+    t = torch.rand(n, device="cuda", generator=gen).to(torch.float16)
+    loss, g = xentkit.binary_cross_entropy_with_logits(x, t, reduction="none", grad=True,
+                                                       sync=True)
+    idx = torch.tensor([0, 2**31 - 1, 2**31, n - 1], device="cuda")
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        x[idx].double().cpu(), t[idx].double().cpu(), reduction="none")
+    torch.testing.assert_close(loss[idx].double().cpu(), ref, rtol=4e-3, atol=4e-3)
+    del loss, g
+    x[2**31 + 5] = 1.5  # not a probability
+    with pytest.raises(ValueError, match=str(2**31 + 5)):
+        xentkit.binary_cross_entropy(x, t, sync=True)

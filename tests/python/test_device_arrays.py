@@ -216,6 +216,7 @@ def test_dlpack_tensor_released_after_a_refused_call():
     t = FakeDLPack((4,), code=0, bits=64)
     with pytest.raises(xentkit.CudaUnavailableError):
         xentkit.cross_entropy(x, t)
+    assert x.deleted == 1 and t.deleted == 1  # at once, not at garbage collection
     import gc
 
     gc.collect()
@@ -404,3 +405,352 @@ def test_host_calls_accept_and_ignore_stream():
 def test_device_array_cannot_be_built_directly():
     with pytest.raises(TypeError):
         xentkit.DeviceArray()
+
+
+# ---- the call's stream and lifetime rules, on a fake device ---------------------------------
+# _device talks to the device through _core alone: replaced here by a recorder, the rules of
+# python/xentkit/_device.py run without a GPU (the gpu-marked tests in test_cuda_gpu.py prove
+# them on one).
+
+class FakeArray:
+    """What _core.device_empty / device_workspace return."""
+
+    def __init__(self, ptr, shape=(), dtype="float32", device=0, stream=0):
+        self.ptr, self.shape, self.dtype = ptr, shape, dtype
+        self.device, self.stream = device, stream
+
+
+class FakeCore:
+    def __init__(self, current=0):
+        self.current = current
+        self.log = []
+        self.events = {}
+        self.next_ptr = 0x700000
+        self.fail_workspace = False
+
+    def cuda_built(self):
+        return True
+
+    def cuda_device_count(self):
+        return 2
+
+    def device_kernel_problem(self):
+        return ""
+
+    def device_of(self, ptr):
+        return 1 if ptr >= 0x5000000 else 0
+
+    def device_current(self):
+        return self.current
+
+    def device_set(self, device):
+        self.log.append(("set", device))
+        self.current = device
+
+    def device_stream_wait(self, waiter, producer):
+        self.log.append(("wait", waiter, producer))
+
+    def device_synchronize(self, stream):
+        self.log.append(("sync", stream))
+
+    def device_on(self, device, fn, *args):
+        previous = self.current
+        self.current = device
+        self.log.append(("on", device))
+        try:
+            return fn(*args)
+        finally:
+            self.current = previous
+
+    def device_workspace(self, device, stream, reduced_dtype):
+        if self.fail_workspace:
+            raise MemoryError("out of device memory")
+        self.next_ptr += 0x10000
+        return self.next_ptr, FakeArray(self.next_ptr + 32768, (), reduced_dtype, device, stream)
+
+    def device_empty(self, shape, dtype, device, stream):
+        self.next_ptr += 0x10000
+        return FakeArray(self.next_ptr, shape, dtype, device, stream)
+
+    def device_check(self, ws, stream):
+        self.log.append(("check", stream))
+
+    def device_record_event(self, stream):
+        event = len(self.events) + 1
+        self.events[event] = False
+        self.log.append(("record", stream, self.current))
+        return event
+
+    def device_event_done(self, event):
+        return self.events[event]
+
+    def device_destroy_event(self, event):
+        self.log.append(("destroy", event))
+
+    def __getattr__(self, name):
+        if not name.startswith("device_"):
+            raise AttributeError(name)
+
+        def entry(*args):
+            self.log.append(("run", name, args[-1]))
+
+        return entry
+
+    def waits(self):
+        return [e[1:] for e in self.log if e[0] == "wait"]
+
+
+class TorchLikeCAI(FakeCAI):
+    """A torch float tensor as seen through CAI v2: no declared stream."""
+
+    def __init__(self, shape, ptr, typestr="<f4", index=0):
+        super().__init__(shape, typestr, ptr=ptr, version=2)
+        self.device = type("Dev", (), {"index": index})()
+
+
+TorchLikeCAI.__module__ = "torch.fake"
+
+
+class TorchLikeDLPack(FakeDLPack):
+    """A torch bfloat16 tensor: DLPack only."""
+
+
+TorchLikeDLPack.__module__ = "torch.fake"
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    core = FakeCore()
+    monkeypatch.setattr(_device, "_core", core)
+    monkeypatch.setattr(_device, "_KEEP", _device.Keeper())
+    monkeypatch.setattr(_device, "convert", lambda arr, kind: arr)
+    streams = {}  # (library, device) -> the library's current stream
+    monkeypatch.setattr(_device, "library_stream",
+                        lambda obj, device=None: streams.get(
+                            (_device.library_of(obj), device if device is not None else 0)))
+    core.streams = streams
+    return core
+
+
+def test_explicit_stream_waits_for_torch_float_inputs_and_outputs(fake_device):
+    """1.2: a float32 torch tensor (CAI v2, no stream) on an explicit stream: the call waits for
+    torch's stream before, and torch's stream waits for the call after a caller-given grad."""
+    fake_device.streams[("torch", 0)] = 0x55
+    x = TorchLikeCAI((4, 3), 0x10000)
+    t = TorchLikeCAI((4,), 0x20000, "<i8")
+    g = TorchLikeCAI((4, 3), 0x30000)
+    _device.cross_entropy(x, t, None, ignore=-100, red=1, eps=0.0, grad=g, stream=0x99,
+                          sync=False)
+    log = fake_device.log
+    runs = [i for i, e in enumerate(log) if e[0] == "run"]
+    assert len(runs) == 1 and log[runs[0]][2] == 0x99
+    before = [e[1:] for e in log[:runs[0]] if e[0] == "wait"]
+    after = [e[1:] for e in log[runs[0]:] if e[0] == "wait"]
+    assert before == [(0x99, 0x55)]  # once, for all three
+    assert after == [(0x55, 0x99)]   # the caller's grad, read next on torch's stream
+
+
+def test_default_torch_stream_needs_no_wait(fake_device):
+    fake_device.streams[("torch", 0)] = 0x55
+    x = TorchLikeCAI((4, 3), 0x10000)
+    t = TorchLikeCAI((4,), 0x20000, "<i8")
+    _device.cross_entropy(x, t, None, ignore=-100, red=1, eps=0.0, grad=True, stream=None,
+                          sync=False)
+    assert fake_device.waits() == []
+    assert [e[2] for e in fake_device.log if e[0] == "run"] == [0x55]
+
+
+def test_bfloat16_and_float32_take_the_same_handshake(fake_device):
+    """1.2: the DLPack producer is handed the call's stream (it orders itself: no extra wait),
+    the CAI one is waited for: either way the call runs after the producer."""
+    fake_device.streams[("torch", 0)] = 0x55
+    x = TorchLikeDLPack((4, 3), code=4, bits=16)
+    t = TorchLikeCAI((4,), 0x90000, "<i8")
+    _device.cross_entropy(x, t, None, ignore=-100, red=1, eps=0.0, grad=False, stream=0x99,
+                          sync=False)
+    assert x.streams == [0x99]
+    assert fake_device.waits() == [(0x99, 0x55)]  # the float labels, via CAI
+
+
+def test_dlpack_without_a_stream_keyword_is_waited_for(fake_device):
+    """1.8: a producer whose __dlpack__ takes no stream is asked without one, and its library's
+    stream is then waited for; a TypeError for another reason is raised, not retried."""
+
+    class NoStream(FakeDLPack):
+        def __dlpack__(self):
+            return FakeDLPack.__dlpack__(self, None)
+
+    NoStream.__module__ = "torch.fake"
+    fake_device.streams[("torch", 0)] = 0x55
+    x = NoStream((4, 3))
+    a = _device.parse(x, "input", 0x99)
+    assert a.handshake is False and x.streams == [None]
+    assert _device.producer_stream(a) == 0x55
+    a.close()
+
+    class Broken(FakeDLPack):
+        def __dlpack__(self, stream=None):
+            raise TypeError("bad stream type inside the producer")
+
+    with pytest.raises(TypeError, match="inside the producer"):
+        _device.parse(Broken((4, 3)), "input", 0x99)
+
+
+def test_arguments_live_until_the_calls_work_is_done(fake_device):
+    """1.3: the DLPack tensors are handed back (deleter) only once the event recorded after the
+    kernels has completed, not when the entry point returns."""
+    x = FakeDLPack((4, 3))
+    t = FakeDLPack((4,), code=0, bits=64, data=0x90000)
+    _device.cross_entropy(x, t, None, ignore=-100, red=1, eps=0.0, grad=True, stream=0x99,
+                          sync=False)
+    import gc
+
+    gc.collect()
+    assert x.deleted == 0 and t.deleted == 0
+    records = [e for e in fake_device.log if e[0] == "record"]
+    assert records == [("record", 0x99, 0)]  # on the call's stream, its device current
+    assert len(_device._KEEP.pending) == 1
+    _device._KEEP.prune()
+    assert x.deleted == 0  # still running
+    fake_device.events[1] = True
+    _device._KEEP.prune()
+    gc.collect()
+    assert x.deleted == 1 and t.deleted == 1
+    assert ("destroy", 1) in fake_device.log and _device._KEEP.pending == []
+
+
+def test_keeper_prunes_completed_calls_on_the_next_hold():
+    done = {}
+    destroyed = []
+    keeper = _device.Keeper(record=lambda s: (done.setdefault(len(done) + 1, False), len(done))[1],
+                            done=lambda e: done[e], destroy=destroyed.append)
+    objs = [object() for _ in range(3)]
+    for o in objs:
+        keeper.hold(0x1, [o])
+    assert len(keeper.pending) == 3
+    done[2] = True
+    keeper.hold(0x1, ["next"])
+    assert [k[1] for k in keeper.pending] == [[objs[0]], [objs[2]], ["next"]]
+    assert destroyed == [2]
+
+
+def test_a_failure_after_the_device_switch_restores_it(fake_device):
+    """1.18: the caller's device is current again after a failure between start() and the entry
+    point (here the workspace allocation), and the DLPack tensors go back at once."""
+    fake_device.current = 0
+    fake_device.fail_workspace = True
+    x = FakeDLPack((4, 3), device=(2, 1), data=0x5000000)
+    t = FakeDLPack((4,), code=0, bits=64, device=(2, 1), data=0x5100000)
+    with pytest.raises(MemoryError):
+        _device.cross_entropy(x, t, None, ignore=-100, red=1, eps=0.0, grad=True, stream=0x99,
+                              sync=False)
+    assert ("set", 1) in fake_device.log
+    assert fake_device.current == 0
+    assert x.deleted == 1 and t.deleted == 1
+
+
+def test_a_failing_entry_point_restores_the_device_and_keeps_the_arguments(fake_device):
+    def boom(*args):
+        raise ValueError("launch refused")
+
+    fake_device.device_cross_entropy_indices = boom
+    x = FakeDLPack((4, 3), device=(2, 1), data=0x5000000)
+    t = FakeDLPack((4,), code=0, bits=64, device=(2, 1), data=0x5100000)
+    with pytest.raises(ValueError, match="launch refused"):
+        _device.cross_entropy(x, t, None, ignore=-100, red=1, eps=0.0, grad=True, stream=0x99,
+                              sync=False)
+    assert fake_device.current == 0
+    assert x.deleted == 0 and len(_device._KEEP.pending) == 1  # enqueued work may read them
+
+
+def test_cupy_stream_is_asked_on_the_arrays_device(monkeypatch):
+    """1.6: CuPy's current stream is per device: it is asked with the array's device current."""
+    import sys
+    import types
+
+    asked = []
+    current = {"dev": 0}
+    per_device = {0: 0xD0, 1: 0xD1}
+
+    class Device:
+        def __init__(self, dev):
+            self.dev = dev
+
+        def __enter__(self):
+            self.prev, current["dev"] = current["dev"], self.dev
+
+        def __exit__(self, *exc):
+            current["dev"] = self.prev
+
+    def get_current_stream():
+        asked.append(current["dev"])
+        return types.SimpleNamespace(ptr=per_device[current["dev"]])
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(Device=Device, get_current_stream=get_current_stream)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+    class CupyArray:
+        device = types.SimpleNamespace(id=1)
+
+    CupyArray.__module__ = "cupy._core"
+    assert _device.library_stream(CupyArray()) == 0xD1
+    assert asked == [1] and current["dev"] == 0
+
+
+def test_numba_and_old_jax_results_are_ordered_on_the_arrays_device(monkeypatch):
+    """1.5, 1.9: Numba's legacy stream waits for the call on the result's device; an older JAX
+    whose from_dlpack takes only a capsule gets the result after a wait for the call's stream."""
+    import sys
+    import types
+
+    core = FakeCore(current=0)
+    monkeypatch.setattr(_device, "_core", core)
+    numba = types.ModuleType("numba")
+    numba.cuda = types.SimpleNamespace(as_cuda_array=lambda arr, sync: ("numba", arr))
+    monkeypatch.setitem(sys.modules, "numba", numba)
+    arr = FakeArray(0x5000000, (3,), device=1, stream=0x99)
+    assert _device.convert(arr, "numba") == ("numba", arr)
+    assert ("on", 1) in core.log and ("wait", 0, 0x99) in core.log
+    assert core.current == 0
+
+    class OldJaxArray(FakeArray):
+        def __dlpack__(self):
+            return "capsule"
+
+    def from_dlpack(obj):
+        if not isinstance(obj, str):
+            raise TypeError("expected a capsule")
+        return ("jax", obj)
+
+    jax = types.ModuleType("jax")
+    jax.dlpack = types.SimpleNamespace(from_dlpack=from_dlpack)
+    monkeypatch.setitem(sys.modules, "jax", jax)
+    core.log.clear()
+    assert _device.convert(OldJaxArray(0x5000000, (3,), device=1, stream=0x99), "jax") == \
+        ("jax", "capsule")
+    assert core.log == [("on", 1), ("sync", 0x99)]
+
+
+def test_dlpack_export_refuses_the_ambiguous_stream_0():
+    """1.19: 0 is not a CUDA stream in the DLPack protocol (1 is the legacy one)."""
+    with pytest.raises(BufferError, match="stream: 0 is ambiguous"):
+        xentkit._core._consumer_stream(0)
+    assert xentkit._core._consumer_stream(1) == 0
+    assert xentkit._core._consumer_stream(None) == 0
+    assert xentkit._core._consumer_stream(-1) == -1
+    assert xentkit._core._consumer_stream(0x77) == 0x77
+
+
+def test_layers_import_one_way():
+    """_arrays (host arrays) and _foreign (device array parsing) never import _device; _device
+    imports both."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(xentkit.__file__).parent
+    for name in ("_arrays.py", "_foreign.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any("_device" in m for m in imported), (name, imported)

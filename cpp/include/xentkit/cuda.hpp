@@ -83,6 +83,15 @@ void stream_wait(stream_t waiter, stream_t producer);
 void synchronize(stream_t stream);
 /// Copies `bytes` from device memory to host memory after the work on `stream`, and waits.
 void copy_to_host(void* dst, const void* src, std::size_t bytes, stream_t stream);
+/// An event marking the work enqueued on `stream` so far (for buffers that must outlive it).
+void* record_event(stream_t stream);
+/// Whether the work an event marks has finished (never waits). Destroy the event after.
+bool event_done(void* event);
+/// Releases an event (pending work still completes). Never throws.
+void destroy_event(void* event) noexcept;
+/// Why this build's kernels cannot run on the current device (for example no kernel image for
+/// its architecture), or empty when they can (asked once per device).
+const char* kernel_image_problem() noexcept;
 
 // ---- Caffe layers. `loss` is one device value of T (the reduced, unweighted loss). -----------
 

@@ -1,8 +1,9 @@
 #pragma once
-// The two CUDA kernel families (internal), twins of the CPU families of cpp/src/kernels.hpp. The
-// host side (cuda/api.cpp) maps every public loss onto one plan and calls launch(); the kernels
-// (softmax.cu, elementwise.cu) never see a public type. Compiles under the host compiler and nvcc;
-// includes no CUDA header.
+// The plans of the two CUDA kernel families (internal), twins of the CPU families of
+// cpp/src/kernels.hpp. The host side (cuda_host.hpp, cuda/api.cpp) maps every public loss onto one
+// plan and calls launch(); the kernels (cuda/softmax.cu, cuda/elementwise.cu) never see a public
+// type. This header sits between the two, so nothing under cpp/ includes a path under cuda/.
+// Compiles under the host compiler and nvcc; includes no CUDA header.
 
 #include <cstddef>
 #include <cstdint>

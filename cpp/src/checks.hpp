@@ -76,6 +76,14 @@ inline double label_smoothing_of(double eps) {
   return eps > 0.0 ? eps : 0.0;
 }
 
+/// The z-loss coefficient: a value >= 0 (NaN or negative is an error).
+inline double z_loss_of(double z) {
+  if (!(z >= 0.0) || z == std::numeric_limits<double>::infinity()) {
+    throw value_error("z_loss: expected a finite value >= 0, got " + std::to_string(z));
+  }
+  return z;
+}
+
 template <typename T>
 void check_broadcast(const char* what, const Broadcast<T>& b) {
   if (b.data != nullptr && (b.stride < 1 || b.period < 1)) {

@@ -63,7 +63,7 @@ template <typename T, typename L, typename S = T>
 T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_t outer,
                    int64_t channels, int64_t inner, const T* weight, S* loss, S* grad,
                    int64_t ignore_index, Reduction reduction, double smoothing,
-                   double grad_output) {
+                   double grad_output, double z_loss = 0.0) {
   detail::check_reduction(reduction);
   const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
   detail::check_pointer("target", target, s.positions);
@@ -87,6 +87,7 @@ T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_
   pb.ignore = ignore_index;
   pb.class_weight = weight;
   pb.smoothing = smoothing;
+  pb.z_loss = z_loss;
   pb.grad_scale = grad_output / divisor(reduction, mean_divisor);
   pb.cap = std::numeric_limits<double>::infinity();
   const double sum = detail::softmax_xent(pb);
@@ -182,7 +183,7 @@ T cross_entropy(const T* input, const L* target, int64_t outer, int64_t channels
   const double eps = smoothing_of(options.label_smoothing);
   return class_index_loss(detail::SoftmaxOp::xent, input, target, outer, channels, inner, weight,
                           loss, grad, options.ignore_index, options.reduction, eps,
-                          options.grad_output);
+                          options.grad_output, detail::z_loss_of(options.z_loss));
 }
 
 template <typename T>
@@ -260,7 +261,7 @@ float cross_entropy(const half* input, const L* target, int64_t outer, int64_t c
   return class_index_loss<float, L, half>(detail::SoftmaxOp::xent, input, target, outer,
                                           channels, inner, weight, loss, grad,
                                           options.ignore_index, options.reduction, eps,
-                                          options.grad_output);
+                                          options.grad_output, detail::z_loss_of(options.z_loss));
 }
 
 float binary_cross_entropy_with_logits(const half* input, const half* target, int64_t count,

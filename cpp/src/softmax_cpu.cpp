@@ -137,10 +137,11 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
   // relative precision when p_y rounds to 1; capped, NaN stays NaN. log(sum) =
   // log1p(sum_other_than_argmax).
   double acc = 0.0;
-  double coef_y[kTile];
+  double coef_y[kTile], coef_z[kTile];
   for (int64_t j = 0; j < w; ++j) {
     double l = 0.0;
     coef_y[j] = 0.0;
+    coef_z[j] = 0.0;
     if (lab) {
       if (y[j] >= 0) {
         const double a = sh.keep * class_weight(cw, y[j]);
@@ -153,6 +154,13 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
         if (nll > pb.cap) nll = pb.cap;
         l = weighted(a, nll);
         if (smooth) l += sh.spread * (sh.total_weight * std::log1p(other_m[j]) - wsum[j]);
+        if (kLogSum && pb.z_loss > 0.0) {
+          // z-loss: z w[y] lse^2, lse = max + log(sum); its gradient is 2 z w[y] lse softmax.
+          const double wy = class_weight(cw, y[j]);
+          const double lse = static_cast<double>(m[j]) + std::log1p(other_m[j]);
+          l += weighted(wy, pb.z_loss * lse * lse);
+          coef_z[j] = 2.0 * pb.z_loss * wy * lse;
+        }
       }
     } else if (soft) {
       l = qsum[j] * std::log1p(other_m[j]) - wsum[j];
@@ -168,6 +176,7 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
     inv[j] = 1.0 / sum[j];
     logsum[j] = kLogSum ? std::log1p(other_m[j]) : 0.0;
     coef_y[j] *= pb.grad_scale;
+    coef_z[j] *= pb.grad_scale;
   }
   const double spread_scale = sh.spread * pb.grad_scale;
   for (int64_t c = 0; c < C; ++c) {
@@ -198,6 +207,7 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
         } else {
           g = (c == y[j]) ? -(other_y[j] * inv[j]) * coef_y[j] : p * coef_y[j];
           if (smooth) g += spread_scale * (sh.total_weight * p - wc);
+          if (kLogSum) g += coef_z[j] * p;
         }
       } else {
         const double qw = wc * (sh.keep * static_cast<double>(qrow[j]) + sh.spread);
@@ -572,7 +582,7 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   sh.spread = pb.channels > 0 ? eps / static_cast<double>(pb.channels) : 0.0;
 
   const bool log_sum = pb.soft != nullptr || pb.log_prob != nullptr ||
-                       (pb.labels != nullptr && eps > 0.0);
+                       (pb.labels != nullptr && (eps > 0.0 || pb.z_loss > 0.0));
   const int64_t w_max = std::min<int64_t>(pb.inner, kTile);
   const int64_t tiles_per_outer = (pb.inner + w_max - 1) / w_max;
   const int64_t tasks = pb.outer * tiles_per_outer;

@@ -158,6 +158,10 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
         (pos_weight of shape (C,) weighs the positive term of the last axis; for an (N, C, H, W)
         input pass (C, 1, 1)). Neither may enlarge the shape.
     reduction : "mean" (divided by the element count) | "sum" | "none".
+    z_loss : z >= 0 (finite). With class indices every non-ignored position adds
+        ``z * w[y] * lse**2`` (``lse`` the log-sum-exp of its logits) under the same divisor; the
+        gradient gains ``2 * z * w[y] * lse * softmax``. ValueError with probability targets.
+        Not yet on device arrays (NotImplementedError).
     grad : False | True | array (may be ``input`` itself).
 
     Per element, with ``L = 1 + (pos_weight - 1) * t``:
@@ -260,8 +264,15 @@ def _smoothing(label_smoothing):
     return max(eps, 0.0)  # a negative value means none, as in PyTorch
 
 
+def _z_loss(z_loss):
+    z = real_value(z_loss, "z_loss")
+    if not (0.0 <= z < math.inf):
+        raise ValueError(f"z_loss: expected a finite value >= 0, got {z}")
+    return z
+
+
 def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, grad=False, stream=None, sync=False):
+                  label_smoothing=0.0, z_loss=0.0, grad=False, stream=None, sync=False):
     """Cross entropy of logits, as ``torch.nn.functional.cross_entropy``.
 
     Parameters
@@ -291,14 +302,19 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     """
     if (weight is None and (grad is False or grad is True) and type(reduction) is str
             and type(ignore_index) is int and ignore_index == -100
-            and type(label_smoothing) is float and label_smoothing == 0.0):
+            and type(label_smoothing) is float and label_smoothing == 0.0
+            and type(z_loss) is float and z_loss == 0.0):
         # The short path: an (N, C) float ndarray and int64 (N,) targets, nothing else.
         red = _SHORT_REDUCTIONS.get(reduction)
         if red is not None:
             out = _core.cross_entropy_small(input, target, red, grad)
             if out is not None:
                 return out
+    z = _z_loss(z_loss)
     if _device.is_device_array(input):
+        if z != 0.0:
+            raise NotImplementedError(
+                "z_loss: not yet supported for device arrays (only 0.0), got " + repr(z))
         return _device.cross_entropy(
             input, target, weight, ignore=ignore_value(ignore_index, "ignore_index",
                                                        allow_none=False),
@@ -317,6 +333,10 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             raise TypeError(
                 f"target: expected a floating dtype for class probabilities (a target of the "
                 f"input's shape {x0.shape}), got {t0.dtype}")
+        if z != 0.0:
+            raise ValueError(
+                f"z_loss: expected 0.0 with class probabilities (the z-loss needs class "
+                f"indices), got {z}")
         if ignore >= 0:
             raise ValueError(
                 f"ignore_index: expected a negative value (unused) with class probabilities, "
@@ -331,7 +351,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             inner, w, red, eps, flat(loss), flat(gw))
         return _result(red, value, loss, rdt, gw, go, _wants(grad))
     return _class_index(_core.cross_entropy_indices, "cross_entropy", layout, x0, t0, w0, red,
-                        ignore, grad, eps, half_kernel=_core.cross_entropy_indices_half)
+                        ignore, grad, eps, z, half_kernel=_core.cross_entropy_indices_half)
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False,

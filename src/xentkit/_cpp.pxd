@@ -50,6 +50,7 @@ cdef extern from "xentkit/options.hpp" namespace "xentkit" nogil:
         int64_t ignore_index
         Reduction reduction
         double label_smoothing
+        double z_loss
         double grad_output
 
     cdef cppclass NllLossOptions:

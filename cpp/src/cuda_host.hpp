@@ -280,6 +280,13 @@ SoftmaxPlan plan_cross_entropy(const T* input, const L* target, int64_t outer, i
                                int64_t inner, const T* weight, T* loss, T* grad, T* reduced,
                                const CrossEntropyOptions& options) {
   const double eps = xentkit::detail::label_smoothing_of(options.label_smoothing);
+  if (options.z_loss != 0.0 || options.softcap != 0.0) {
+    // Not in the device kernels yet: refused rather than computed without the term.
+    throw value_error(
+        "z_loss/softcap: expected 0 (none) for CUDA device arrays, got z_loss " +
+        std::to_string(options.z_loss) + ", softcap " + std::to_string(options.softcap) +
+        " (they are computed on the CPU only)");
+  }
   return plan_class_index(SoftmaxOp::xent, input, target, outer, channels, inner, weight, loss,
                           grad, reduced, options.ignore_index, options.reduction, eps,
                           options.grad_output);
@@ -295,6 +302,7 @@ SoftmaxPlan plan_cross_entropy_probabilities(const T* input, const T* target, in
   const double eps = xentkit::detail::label_smoothing_of(options.label_smoothing);
   int64_t positions = 0;
   const int64_t count = check_softmax_shape(input, outer, channels, inner, &positions);
+  xentkit::detail::check_probability_classes("input", positions, channels);
   check_pointer("target", target, count);
   check_output("grad", grad, input, count);
   SoftmaxPlan p;
@@ -379,6 +387,7 @@ SoftmaxPlan plan_softmax_cross_entropy_with_logits(const T* labels, const T* log
   check_size("channels", channels);
   check_size("inner", inner);
   const int64_t count = checked_mul("logits", checked_mul("logits", outer, inner), channels);
+  xentkit::detail::check_probability_classes("logits", outer * inner, channels);
   check_pointer("labels", labels, count);
   check_pointer("logits", logits, count);
   check_output("grad", grad, logits, count);

@@ -651,3 +651,36 @@ def test_cuda_compile_and_training_step():
     loss.backward()
     ref = F.cross_entropy(model.linear(h), t)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+
+
+# --- z-loss -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_z_loss_matches_torch_written_out(reduction, weighted, gen):
+    x = torch.randn(8, 6, generator=gen, dtype=torch.float64) * 2
+    t = torch.randint(0, 6, (8,), generator=gen)
+    t[1] = -100
+    w = torch.rand(6, generator=gen, dtype=torch.float64) + 0.2 if weighted else None
+    z = 1e-2
+
+    def reference(v):
+        nll = F.cross_entropy(v, t, w, reduction="none", label_smoothing=0.1)
+        keep = t != -100
+        wy = (w[t.clamp(min=0)] if w is not None else torch.ones_like(nll)) * keep
+        total = nll + z * wy * torch.logsumexp(v, 1) ** 2
+        if reduction == "none":
+            return total
+        return total.sum() / wy.sum() if reduction == "mean" else total.sum()
+
+    _check_pair(lambda v: xt.cross_entropy(v, t, w, reduction=reduction, label_smoothing=0.1,
+                                           z_loss=z), reference, x, gen)
+
+
+def test_softcap_is_refused_until_computed():
+    x = torch.randn(3, 4, requires_grad=True)
+    t = torch.randint(0, 4, (3,))
+    if "softcap" in __import__("inspect").signature(xentkit.cross_entropy).parameters:
+        pytest.skip("softcap is computed by this build")
+    with pytest.raises(NotImplementedError, match="softcap"):
+        xt.cross_entropy(x, t, softcap=30.0)

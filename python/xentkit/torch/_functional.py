@@ -16,7 +16,7 @@ import xentkit as _xk
 from . import _bridge, _ops
 
 _REDUCTIONS = ("none", "mean", "sum")
-_HAS_CE_OPTIONS = "z_loss" in inspect.signature(_xk.cross_entropy).parameters
+_CE_PARAMETERS = inspect.signature(_xk.cross_entropy).parameters
 
 
 def _eager(input):
@@ -105,9 +105,10 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     _no_grad_for("cross_entropy", target=target, weight=weight)
     options = (int(ignore_index), _reduction(reduction), _real(label_smoothing, "label_smoothing"),
                _real(z_loss, "z_loss"), None if softcap is None else _real(softcap, "softcap"))
-    if not _HAS_CE_OPTIONS and (options[3] != 0.0 or options[4] is not None):
-        raise NotImplementedError("cross_entropy: z_loss and softcap need a xentkit build with "
-                                  "them (this one has neither)")
+    for name, value, default in (("z_loss", options[3], 0.0), ("softcap", options[4], None)):
+        if value != default and name not in _CE_PARAMETERS:
+            raise NotImplementedError(f"cross_entropy: {name}={value!r} is not computed by this "
+                                      f"version of xentkit (only {name}={default!r})")
     inplace = _inplace(inplace_grad, input)
     return _loss("cross_entropy", _ops.cross_entropy_body, _ops.cross_entropy_op, inplace, input,
                  target, weight, *options)

@@ -50,8 +50,10 @@ def cross_entropy_body(input, target, weight, ignore_index, reduction, label_smo
                        softcap, out=None, want_grad=True):
     options = {"ignore_index": ignore_index, "reduction": reduction,
                "label_smoothing": label_smoothing}
-    if z_loss != 0.0 or softcap is not None:
-        options.update(z_loss=z_loss, softcap=softcap)
+    if z_loss != 0.0:
+        options["z_loss"] = z_loss
+    if softcap is not None:
+        options["softcap"] = softcap
     return _fused(_xk.cross_entropy, input, (("target", target), ("weight", weight)), options,
                   out, want_grad)
 

@@ -224,7 +224,7 @@ TEST(Bfloat16, BinaryLossesAreTheFloat32OnesRounded) {
   const auto t = to_bf16(rng.uniform<float>(n));
   const auto xf = widened(x), tf = widened(t);
   const float pw = 1.5f;
-  const xentkit::Broadcast<float> pwb{&pw, 0, 1};
+  const xentkit::Broadcast<float> pwb{&pw, 1, 1};
   for (const auto& level : levels()) {
     xentkit::set_simd_level(level);
     std::vector<bfloat16> loss(n), grad(n);

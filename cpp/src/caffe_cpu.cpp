@@ -11,6 +11,7 @@
 #include "checks.hpp"
 #include "kernels.hpp"
 #include "xentkit/detail/normalize.hpp"
+#include "xentkit/bfloat16.hpp"
 #include "xentkit/half.hpp"
 #include "xentkit/losses.hpp"
 
@@ -44,7 +45,8 @@ T sigmoid_layer(const S* scores, const S* targets, int64_t outer, int64_t count,
     if constexpr (std::is_same_v<S, T>) {
       valid = detail::count_not_ignored(targets, count, ignore);
     } else {
-      valid = detail::count_not_ignored_half(detail::half_bits(targets), count, ignore);
+      valid = detail::count_not_ignored_half(detail::half_bits(targets), count, ignore,
+                                             detail::bits16_of<S>());
     }
   }
   double norm = detail::normalizer(options.normalization, outer, inner, valid);
@@ -127,10 +129,28 @@ float softmax_with_loss(const half* scores, const L* labels, int64_t outer, int6
                                      const SoftmaxWithLossOptions&);
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_WITH_LOSS, float)
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_SOFTMAX_WITH_LOSS, double)
+float sigmoid_cross_entropy_loss(const bfloat16* scores, const bfloat16* targets, int64_t outer,
+                                 int64_t count, bfloat16* diff,
+                                 const SigmoidCrossEntropyLossOptions& options) {
+  return sigmoid_layer<float, bfloat16>(scores, targets, outer, count, diff, options);
+}
+
+template <typename L>
+float softmax_with_loss(const bfloat16* scores, const L* labels, int64_t outer, int64_t channels,
+                        int64_t inner, bfloat16* diff, bfloat16* prob,
+                        const SoftmaxWithLossOptions& options) {
+  return softmax_layer<float, L, bfloat16>(scores, labels, outer, channels, inner, diff, prob,
+                                           options);
+}
+
 #define XENTKIT_HALF_SOFTMAX_WITH_LOSS(T, L)                                                 \
   template float softmax_with_loss<L>(const half*, const L*, int64_t, int64_t, int64_t, half*, \
                                       half*, const SoftmaxWithLossOptions&);
 XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_HALF_SOFTMAX_WITH_LOSS, void)
+#define XENTKIT_BF16_SOFTMAX_WITH_LOSS(T, L)                                                   \
+  template float softmax_with_loss<L>(const bfloat16*, const L*, int64_t, int64_t, int64_t,     \
+                                      bfloat16*, bfloat16*, const SoftmaxWithLossOptions&);
+XENTKIT_FOR_EACH_LABEL_TYPE(XENTKIT_BF16_SOFTMAX_WITH_LOSS, void)
 
 template float sigmoid_cross_entropy_loss<float>(const float*, const float*, int64_t, int64_t,
                                                  float*, const SigmoidCrossEntropyLossOptions&);

@@ -145,7 +145,7 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
     int64_t valid = 0;
     if constexpr (std::is_same_v<T, float>) {
       if (pb.half) {
-        // float16 storage: the block is widened into float32 scratch and its outputs rounded back.
+        // 16-bit storage: the block is widened into float32 scratch and its outputs rounded back.
         const HalfElementIO& h = *pb.half;
         const int64_t len = end - begin;
         thread_local std::vector<float> buf;
@@ -153,8 +153,8 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
         float* xs = buf.data();
         float* ts = xs + kElementBlock;
         float* ls = ts + kElementBlock;
-        to_float(reinterpret_cast<const half*>(h.x + begin), xs, len);
-        to_float(reinterpret_cast<const half*>(h.t + begin), ts, len);
+        widen16(h.format, h.x + begin, xs, len);
+        widen16(h.format, h.t + begin, ts, len);
         ElementProblem<float> lp = pb;
         lp.half = nullptr;
         lp.x = xs;
@@ -164,8 +164,8 @@ ElementSums elementwise_xent(const ElementProblem<T>& pb) {
         lp.diff = h.diff ? xs : nullptr;
         lp.loss = h.loss ? ls : nullptr;
         element_range(lp, vec, 0, len, acc, valid);
-        if (h.diff) to_half(xs, reinterpret_cast<half*>(h.diff + begin), len);
-        if (h.loss) to_half(ls, reinterpret_cast<half*>(h.loss + begin), len);
+        if (h.diff) narrow16(h.format, xs, h.diff + begin, len);
+        if (h.loss) narrow16(h.format, ls, h.loss + begin, len);
         loss_part[b] = acc;
         count_part[b] = valid;
         return;
@@ -195,10 +195,11 @@ template ElementSums elementwise_xent<double>(const ElementProblem<double>&);
 template int64_t count_not_ignored<float>(const float*, int64_t, int64_t);
 template int64_t count_not_ignored<double>(const double*, int64_t, int64_t);
 
-int64_t count_not_ignored_half(const uint16_t* t, int64_t n, int64_t ignore) {
+int64_t count_not_ignored_half(const uint16_t* t, int64_t n, int64_t ignore, Bits16 format) {
   int64_t valid = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const double v = static_cast<double>(half_bits_to_float(t[i]));
+    const double v = static_cast<double>(format == Bits16::bf16 ? bf16_bits_to_float(t[i])
+                                                                : half_bits_to_float(t[i]));
     valid += ignored_target(v, true, ignore) ? 0 : 1;
   }
   return valid;

@@ -1,5 +1,5 @@
 #pragma once
-// Portable IEEE binary16 <-> binary32 conversions on bit patterns (internal).
+// Portable IEEE binary16 / bfloat16 <-> binary32 conversions on bit patterns (internal).
 
 #include <cstdint>
 #include <cstring>
@@ -50,6 +50,25 @@ inline uint16_t float_to_half_bits(float f) noexcept {
   const uint32_t odd = (a >> 13) & 1u;
   a += 0xc8000fffu + odd;  // (15 - 127) << 23, plus the rounding bias
   return sign | static_cast<uint16_t>(a >> 13);
+}
+
+/// bfloat16 is the upper half of a float32: widening is a shift (a signalling NaN made quiet).
+inline float bf16_bits_to_float(uint16_t b) noexcept {
+  uint32_t bits = static_cast<uint32_t>(b) << 16;
+  if ((bits & 0x7fffffffu) > 0x7f800000u) bits |= 0x00400000u;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+/// Rounding to nearest, ties to even, of the 16 dropped bits (a carry into the exponent is the
+/// right result, up to inf); a NaN keeps its sign and top payload bits and is made quiet.
+inline uint16_t float_to_bf16_bits(float f) noexcept {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof x);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x0040u);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
 }
 
 }  // namespace xentkit::detail

@@ -24,6 +24,7 @@
 
 namespace xentkit {
 struct half;
+struct bfloat16;
 }
 
 namespace xentkit::detail {
@@ -33,6 +34,22 @@ inline const uint16_t* half_bits(const half* p) noexcept {
   return reinterpret_cast<const uint16_t*>(p);
 }
 inline uint16_t* half_bits(half* p) noexcept { return reinterpret_cast<uint16_t*>(p); }
+inline const uint16_t* half_bits(const bfloat16* p) noexcept {
+  return reinterpret_cast<const uint16_t*>(p);
+}
+inline uint16_t* half_bits(bfloat16* p) noexcept { return reinterpret_cast<uint16_t*>(p); }
+
+/// Which 16-bit format a HalfSoftmaxIO / HalfElementIO holds (one I/O path for both).
+enum class Bits16 : uint8_t { f16, bf16 };
+
+template <typename S>
+constexpr Bits16 bits16_of() noexcept {
+  return std::is_same_v<S, bfloat16> ? Bits16::bf16 : Bits16::f16;
+}
+
+/// 16-bit bit patterns of either format to float32 and back (vectorised where the CPU allows).
+void widen16(Bits16 format, const uint16_t* in, float* out, int64_t n) noexcept;
+void narrow16(Bits16 format, const float* in, uint16_t* out, int64_t n) noexcept;
 
 // ---- softmax family: scores viewed as (outer, channels, inner), softmax over channels ---------
 
@@ -46,6 +63,7 @@ struct HalfSoftmaxIO {
   uint16_t* prob = nullptr;
   uint16_t* log_prob = nullptr;
   uint16_t* loss = nullptr;
+  Bits16 format = Bits16::f16;
 };
 
 enum class SoftmaxOp {
@@ -111,6 +129,7 @@ struct HalfElementIO {
   const uint16_t* t = nullptr;
   uint16_t* diff = nullptr;
   uint16_t* loss = nullptr;
+  Bits16 format = Bits16::f16;
 };
 
 template <typename T>
@@ -158,6 +177,7 @@ void bind(SoftmaxProblem<T, L>& pb, HalfSoftmaxIO& io, const S* x, S* diff, S* p
     io.diff = half_bits(diff);
     io.prob = half_bits(prob);
     io.loss = half_bits(loss);
+    io.format = bits16_of<S>();
     pb.half = &io;
   }
 }
@@ -175,9 +195,11 @@ void bind(ElementProblem<T>& pb, HalfElementIO& io, const S* x, const S* t, S* d
     io.t = half_bits(t);
     io.diff = half_bits(diff);
     io.loss = half_bits(loss);
+    io.format = bits16_of<S>();
     pb.half = &io;
   }
 }
-int64_t count_not_ignored_half(const uint16_t* t, int64_t n, int64_t ignore);
+int64_t count_not_ignored_half(const uint16_t* t, int64_t n, int64_t ignore,
+                               Bits16 format = Bits16::f16);
 
 }  // namespace xentkit::detail

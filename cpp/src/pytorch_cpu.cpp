@@ -12,6 +12,7 @@
 
 #include "checks.hpp"
 #include "kernels.hpp"
+#include "xentkit/bfloat16.hpp"
 #include "xentkit/half.hpp"
 #include "xentkit/losses.hpp"
 
@@ -101,6 +102,7 @@ T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_
     alone.diff = alone.prob = alone.log_prob = alone.loss = nullptr;
     if (pb.half) {
       io_alone.x = pb.half->x;
+      io_alone.format = pb.half->format;
       alone.half = &io_alone;
     }
     alone.smoothing = 0.0;
@@ -276,5 +278,31 @@ float binary_cross_entropy_with_logits(const half* input, const half* target, in
   template float cross_entropy<L>(const half*, const L*, int64_t, int64_t, int64_t,             \
                                   const float*, half*, half*, const CrossEntropyOptions&);
 XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_HALF_CLASS_INDEX, void)
+
+// ---- bfloat16 storage (the same 16-bit path) --------------------------------------------------
+
+template <typename L>
+float cross_entropy(const bfloat16* input, const L* target, int64_t outer, int64_t channels,
+                    int64_t inner, const float* weight, bfloat16* loss, bfloat16* grad,
+                    const CrossEntropyOptions& options) {
+  const double eps = smoothing_of(options.label_smoothing);
+  return class_index_loss<float, L, bfloat16>(detail::SoftmaxOp::xent, input, target, outer,
+                                              channels, inner, weight, loss, grad,
+                                              options.ignore_index, options.reduction, eps,
+                                              options.grad_output);
+}
+
+float binary_cross_entropy_with_logits(const bfloat16* input, const bfloat16* target,
+                                       int64_t count, Broadcast<float> weight,
+                                       Broadcast<float> pos_weight, bfloat16* loss,
+                                       bfloat16* grad, const BinaryCrossEntropyOptions& options) {
+  return binary_loss<float, bfloat16>(detail::ElementOp::logits, input, target, count, weight,
+                                      pos_weight, loss, grad, options);
+}
+
+#define XENTKIT_BF16_CLASS_INDEX(T, L)                                                         \
+  template float cross_entropy<L>(const bfloat16*, const L*, int64_t, int64_t, int64_t,        \
+                                  const float*, bfloat16*, bfloat16*, const CrossEntropyOptions&);
+XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_BF16_CLASS_INDEX, void)
 
 }  // namespace xentkit

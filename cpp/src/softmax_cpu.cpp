@@ -426,12 +426,6 @@ double plain_tasks(const SoftmaxProblem<T, L>& pb, const Shared& sh, const fast:
   return acc;
 }
 
-inline void widen(const uint16_t* in, float* out, int64_t n) {
-  to_float(reinterpret_cast<const half*>(in), out, n);
-}
-inline void narrow(const float* in, uint16_t* out, int64_t n) {
-  to_half(in, reinterpret_cast<half*>(out), n);
-}
 
 template <typename L>
 double half_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fast::Kernels* vec,
@@ -486,14 +480,23 @@ double half_rows_fused(const SoftmaxProblem<float, L>& pb, const Shared& sh,
   return acc;
 }
 
-/// The tasks [t0, t1) of a float16 problem: chunks of rows (or of a tile's positions) are widened
+/// The tasks [t0, t1) of a 16-bit (float16 or bfloat16) problem: chunks of rows (or of a tile's
+/// positions) are widened
 /// into float32 scratch, run by plain_tasks, and their outputs rounded back. Same sum order.
 template <typename L>
 double half_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fast::Kernels* vec,
                   bool log_sum, int64_t t0, int64_t t1, int64_t w_max, int64_t tiles_per_outer) {
   const HalfSoftmaxIO& h = *pb.half;
   const int64_t C = pb.channels, inner = pb.inner;
-  if (inner == 1 && vec && C > fast::kLanes) return half_rows_fused(pb, sh, *vec, t0, t1);
+  if (inner == 1 && vec && C > fast::kLanes && h.format == Bits16::f16) {
+    return half_rows_fused(pb, sh, *vec, t0, t1);
+  }
+  const auto widen = [&h](const uint16_t* in, float* out, int64_t n) {
+    widen16(h.format, in, out, n);
+  };
+  const auto narrow = [&h](const float* in, uint16_t* out, int64_t n) {
+    narrow16(h.format, in, out, n);
+  };
   // Positions per chunk: about 8192 elements (rows), or a slice of a tile.
   const int64_t width = inner == 1 ? std::clamp<int64_t>(8192 / C, 1, 256)
                                    : std::min(w_max, std::max<int64_t>(16, 65536 / C));

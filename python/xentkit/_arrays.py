@@ -39,10 +39,29 @@ def as_array(obj, name):
     return np.asarray(view)
 
 
+def is_bfloat16(dtype):
+    """Whether `dtype` is ml_dtypes' bfloat16 (told by its name: ml_dtypes is never imported here,
+    an array of that dtype can only exist once the caller has imported it)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def is_floating(dtype):
+    """float16/32/64 (any floating kind NumPy has) or bfloat16."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or is_bfloat16(dtype)
+
+
+def is_numeric(dtype):
+    """Integers, booleans excluded, or a floating dtype (bfloat16 included)."""
+    return np.dtype(dtype).kind in "iu" or is_floating(dtype)
+
+
 def compute_dtype(dtype):
-    """float16 is computed in float32; float32/float64 in themselves (native byte order)."""
+    """float16 and bfloat16 are computed in float32; float32/float64 in themselves (native byte
+    order)."""
     dtype = np.dtype(dtype).newbyteorder("=")
-    return np.dtype(np.float32) if dtype == _HALF else dtype
+    return np.dtype(np.float32) if dtype == _HALF or is_bfloat16(dtype) else dtype
 
 
 def real_dtype_for(arr, name):
@@ -52,10 +71,15 @@ def real_dtype_for(arr, name):
 
 def result_dtype(arrays, names):
     """The floating dtype of a result computed from these arrays (NumPy's promotion, as PyTorch
-    promotes floating inputs), native byte order. TypeError for a non-floating one."""
+    promotes floating inputs), native byte order. TypeError for a non-floating one. bfloat16
+    (ml_dtypes) promotes as ml_dtypes registers it: with float16 to float32, with float32/float64
+    to those."""
     for arr, name in zip(arrays, names):
+        if is_bfloat16(arr.dtype):
+            continue
         if arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):
-            raise TypeError(f"{name}: expected dtype float16, float32 or float64, got {arr.dtype}")
+            raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, "
+                            f"got {arr.dtype}")
     return np.result_type(*[a.dtype.newbyteorder("=") for a in arrays])
 
 
@@ -68,10 +92,12 @@ def contiguous(arr, dtype):
 
 def label_array(arr, name):
     """Labels as a C-contiguous array of a dtype the kernels read directly (any integer dtype,
-    float32, float64; float16 is widened to float32)."""
+    float32, float64; float16 and bfloat16 are widened to float32)."""
     dt = arr.dtype
     if dt.kind in "iu":
         target = dt if dt.isnative else dt.newbyteorder("=")
+    elif is_bfloat16(dt):
+        target = np.dtype(np.float32)
     elif dt.kind == "f" and dt.itemsize in (2, 4, 8):
         target = np.dtype(np.float32) if dt.itemsize == 2 else (dt if dt.isnative else dt.newbyteorder("="))
     else:
@@ -214,3 +240,18 @@ def half_view(arr):
 def half_flat(arr):
     """A 1-D uint16 view of a C-contiguous float16 array, or None."""
     return None if arr is None else arr.reshape(-1).view(np.uint16)
+
+
+def native16(dtype):
+    """"half" for native float16, "bf16" for bfloat16 (the suffixes of the 16-bit storage kernels),
+    else None."""
+    dtype = np.dtype(dtype)
+    if dtype == HALF:
+        return "half"
+    return "bf16" if is_bfloat16(dtype) else None
+
+
+def bits_view(arr, dtype):
+    """An array as flat uint16 bits of the 16-bit `dtype` (copied once when it is not a native,
+    C-contiguous array of it)."""
+    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint16)

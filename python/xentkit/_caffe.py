@@ -8,8 +8,8 @@ import numpy as np
 
 from . import _core, _device
 from ._errors import LabelError
-from ._arrays import (HALF, as_array, axis_value, contiguous, finish, gradient_output, half_flat,
-                      half_view, ignore_value, label_array,
+from ._arrays import (bits_view, is_bfloat16, native16, as_array, axis_value, contiguous, finish, gradient_output, half_flat,
+                      ignore_value, label_array,
                       real_dtype_for, real_value)
 
 __all__ = ["sigmoid_cross_entropy_loss", "softmax_with_loss"]
@@ -82,7 +82,7 @@ def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalizat
     cdt = real_dtype_for(x0, "scores")
     if x0.ndim < 1:
         raise ValueError(f"scores: expected an array with at least one axis, got shape {x0.shape}")
-    if t0.dtype.kind not in "fiub":
+    if t0.dtype.kind not in "fiub" and not is_bfloat16(t0.dtype):
         raise TypeError(f"targets: expected a numeric dtype, got {t0.dtype}")
     if t0.size != x0.size or t0.ndim < 1 or t0.shape[0] != x0.shape[0]:
         raise ValueError(
@@ -91,10 +91,13 @@ def sigmoid_cross_entropy_loss(scores, targets, *, ignore_label=None, normalizat
     ign = ignore_value(ignore_label)
     mode = _mode(normalization, normalize, "batch_size")
     weight = real_value(loss_weight, "loss_weight")
-    if x0.dtype == HALF and t0.dtype == HALF:  # float16 storage, float32 arithmetic
-        work, out = _diff_output(diff, x0, HALF, (x0, t0))
-        loss = _core.sigmoid_cross_entropy_loss_half(
-            half_view(x0), half_view(t0), x0.shape[0], ign, mode, weight, half_flat(work))
+    k16 = native16(x0.dtype)
+    if k16 and t0.dtype == x0.dtype:  # float16/bfloat16 storage, float32 arithmetic
+        sdt = x0.dtype
+        work, out = _diff_output(diff, x0, sdt, (x0, t0))
+        kernel = getattr(_core, "sigmoid_cross_entropy_loss_" + k16)
+        loss = kernel(bits_view(x0, sdt), bits_view(t0, sdt), x0.shape[0], ign, mode, weight,
+                      half_flat(work))
         return loss, out
     work, out = _diff_output(diff, x0, cdt, (x0, t0))
     x = contiguous(x0, cdt).reshape(-1)
@@ -182,12 +185,15 @@ def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalizatio
     weight = real_value(loss_weight, "loss_weight")
     if not isinstance(prob, (bool, np.bool_)):
         raise TypeError(f"prob: expected True or False, got {prob!r}")
-    if x0.dtype == HALF:  # float16 storage, float32 arithmetic
-        work, out = _diff_output(diff, x0, HALF, (x0, l0))
-        p_out = np.empty(x0.shape, dtype=HALF) if prob else None
+    k16 = native16(x0.dtype)
+    if k16:  # float16/bfloat16 storage, float32 arithmetic
+        sdt = x0.dtype
+        work, out = _diff_output(diff, x0, sdt, (x0, l0))
+        p_out = np.empty(x0.shape, dtype=sdt) if prob else None
+        kernel = getattr(_core, "softmax_with_loss_" + k16)
         try:
-            loss = _core.softmax_with_loss_half(
-                half_view(x0), lab.reshape(-1), outer, channels, inner, ign, mode, weight,
+            loss = kernel(
+                bits_view(x0, sdt), lab.reshape(-1), outer, channels, inner, ign, mode, weight,
                 half_flat(work), half_flat(p_out))
         except LabelError as err:
             _exact_label_value(err, lab)
@@ -207,5 +213,7 @@ def softmax_with_loss(scores, labels, *, axis=1, ignore_label=None, normalizatio
     if prob:
         if p_out.dtype != x0.dtype and x0.dtype == np.float16:
             p_out = p_out.astype(np.float16)
+        elif p_out.dtype != x0.dtype and is_bfloat16(x0.dtype):
+            p_out = p_out.astype(x0.dtype)
         return loss, out, p_out
     return loss, out

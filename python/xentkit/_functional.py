@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import _core, _device
-from ._arrays import (HALF, half_flat, half_view, as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
+from ._arrays import (bits_view, half_flat, is_floating, is_numeric, native16, as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       ignore_value, index_array, real_value, result_dtype)
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
@@ -62,7 +62,7 @@ def _broadcast(w0, name, shape, compute_dt):
     if w0 is None:
         return None, 1, 1
     w = w0
-    if w.dtype.kind not in "iuf":
+    if not is_numeric(w.dtype):
         raise TypeError(f"{name}: expected a numeric dtype, got {w.dtype}")
     try:
         full = np.broadcast_shapes(w.shape, shape)
@@ -90,7 +90,7 @@ def _broadcast(w0, name, shape, compute_dt):
 def _binary_args(input, target):
     x0 = as_array(input, "input")
     t0 = as_array(target, "target")
-    if t0.dtype.kind not in "f":
+    if not is_floating(t0.dtype):
         raise TypeError(f"target: expected a floating dtype (as the input's), got {t0.dtype}")
     rdt = result_dtype((x0, t0), ("input", "target"))
     if t0.shape != x0.shape:
@@ -179,12 +179,14 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
     p0 = _optional(pos_weight, "pos_weight")
     w, ws, wp = _broadcast(w0, "weight", x0.shape, cdt)
     pw, ps, pp = _broadcast(p0, "pos_weight", x0.shape, cdt)
-    if x0.dtype == HALF and t0.dtype == HALF:  # float16 storage, float32 arithmetic
-        gw, go = _grad(grad, x0, HALF, (x0, t0, w0, p0))
-        loss = _loss_output(red, x0.shape, HALF)
-        value = _core.binary_cross_entropy_with_logits_half(
-            half_view(x0), half_view(t0), w, ws, wp, pw, ps, pp, red, half_flat(loss),
-            half_flat(gw))
+    k16 = native16(x0.dtype)
+    if k16 and t0.dtype == x0.dtype:  # float16/bfloat16 storage, float32 arithmetic
+        sdt = x0.dtype
+        gw, go = _grad(grad, x0, sdt, (x0, t0, w0, p0))
+        loss = _loss_output(red, x0.shape, sdt)
+        kernel = getattr(_core, "binary_cross_entropy_with_logits_" + k16)
+        value = kernel(bits_view(x0, sdt), bits_view(t0, sdt), w, ws, wp, pw, ps, pp, red,
+                       half_flat(loss), half_flat(gw))
         return _result(red, value, loss, rdt, gw, go, _wants(grad))
     gw, go = _grad(grad, x0, cdt, (x0, t0, w0, p0))
     loss = _loss_output(red, x0.shape, cdt)
@@ -217,7 +219,7 @@ def _index_target(t0, x0, shapes, function):
             f"target: expected class indices of shape {expected} for input of shape {x0.shape}"
             + (f" (or class probabilities of the input's shape)" if function == "cross_entropy"
                else "") + f", got shape {t0.shape}")
-    if t0.dtype.kind == "f":
+    if is_floating(t0.dtype):
         raise TypeError(
             f"target: expected class indices of an integer dtype, got {t0.dtype} (class "
             f"probabilities must have the input's shape {x0.shape})")
@@ -227,17 +229,22 @@ def _index_target(t0, x0, shapes, function):
 def _class_index(kernel, function, layout, x0, t0, w0, red, ignore, grad, *options,
                  half_kernel=None):
     """The class-index path of cross_entropy (options: label smoothing) and nll_loss.
-    half_kernel: the float16-storage kernel, when the function has one."""
+    half_kernel: the float16-storage kernel, when the function has one (its bfloat16 twin is
+    the same name ending in _bf16)."""
     outer, channels, inner, shapes = layout
     rdt = result_dtype((x0,), ("input",))
     cdt = compute_dtype(rdt)
     t = _index_target(t0, x0, shapes, function)
     w = _class_weight(w0, channels, cdt)
-    if half_kernel is not None and x0.dtype == HALF:
-        gw, go = _grad(grad, x0, HALF, (x0, t0, w0))
-        loss = _loss_output(red, _position_shape(x0), HALF)
-        value = half_kernel(half_view(x0), t.reshape(-1), outer, channels, inner, w, ignore, red,
-                            *options, half_flat(loss), half_flat(gw))
+    k16 = native16(x0.dtype)
+    if half_kernel is not None and k16:
+        sdt = x0.dtype
+        if k16 == "bf16":
+            half_kernel = getattr(_core, half_kernel.__name__[:-len("_half")] + "_bf16")
+        gw, go = _grad(grad, x0, sdt, (x0, t0, w0))
+        loss = _loss_output(red, _position_shape(x0), sdt)
+        value = half_kernel(bits_view(x0, sdt), t.reshape(-1), outer, channels, inner, w, ignore,
+                            red, *options, half_flat(loss), half_flat(gw))
         return _result(red, value, loss, rdt, gw, go, _wants(grad))
     gw, go = _grad(grad, x0, cdt, (x0, t0, w0))
     loss = _loss_output(red, _position_shape(x0), cdt)
@@ -249,7 +256,7 @@ def _class_index(kernel, function, layout, x0, t0, w0, red, ignore, grad, *optio
 def _class_weight(w, channels, cdt):
     if w is None:
         return None
-    if w.dtype.kind not in "iuf":
+    if not is_numeric(w.dtype):
         raise TypeError(f"weight: expected a numeric dtype, got {w.dtype}")
     if w.ndim != 1 or w.shape[0] != channels:
         raise ValueError(
@@ -329,7 +336,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     layout = _class_layout(x0)
     outer, channels, inner, _ = layout
     if t0.shape == x0.shape:
-        if t0.dtype.kind != "f":
+        if not is_floating(t0.dtype):
             raise TypeError(
                 f"target: expected a floating dtype for class probabilities (a target of the "
                 f"input's shape {x0.shape}), got {t0.dtype}")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import _core, _device
-from ._arrays import (as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
+from ._arrays import (is_numeric, as_array, axis_value, cast, compute_dtype, contiguous, finish, flat, gradient_output,
                       index_array, result_dtype)
 
 __all__ = ["sigmoid_cross_entropy_with_logits", "softmax_cross_entropy_with_logits",
@@ -23,7 +23,7 @@ def _logits(logits):
 
 def _real_labels(labels, x0, cdt):
     z0 = as_array(labels, "labels")
-    if z0.dtype.kind not in "iuf":
+    if not is_numeric(z0.dtype):
         raise TypeError(f"labels: expected a numeric dtype, got {z0.dtype}")
     if z0.shape != x0.shape:
         raise ValueError(

@@ -10,6 +10,7 @@ from libcpp.optional cimport optional
 from xentkit._cpp cimport (
     BinaryCrossEntropyOptions, Broadcast, CrossEntropyOptions, NllLossOptions, Normalization,
     Reduction, SigmoidCrossEntropyLossOptions, SoftmaxWithLossOptions, half,
+    bfloat16,
     xk_set_label_error_type)
 from xentkit cimport _cpp
 
@@ -464,6 +465,91 @@ def sigmoid_cross_entropy_loss_half(const uint16_t[::1] scores, const uint16_t[:
     cdef float loss
     with nogil:
         loss = _cpp.sigmoid_cross_entropy_loss_half(ps, pt, outer, n, pd, opts)
+    return <double>loss
+
+
+# ---- bfloat16 storage: the same over uint16 views of bfloat16 arrays ----------------------------
+
+cdef inline const bfloat16* _bin(const uint16_t[::1] a):
+    return <const bfloat16*>&a[0] if a is not None and a.shape[0] > 0 else NULL
+
+
+cdef inline bfloat16* _bout(uint16_t[::1] a):
+    return <bfloat16*>&a[0] if a is not None and a.shape[0] > 0 else NULL
+
+
+def cross_entropy_indices_bf16(const uint16_t[::1] input, const index_t[::1] target,
+                               int64_t outer, int64_t channels, int64_t inner,
+                               const float[::1] weight, int64_t ignore_index, int reduction,
+                               double label_smoothing, uint16_t[::1] loss, uint16_t[::1] grad):
+    cdef CrossEntropyOptions opts
+    opts.ignore_index = ignore_index
+    opts.reduction = <Reduction>reduction
+    opts.label_smoothing = label_smoothing
+    cdef const bfloat16* px = _bin(input)
+    cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
+    cdef const float* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL
+    cdef bfloat16* pl = _bout(loss)
+    cdef bfloat16* pg = _bout(grad)
+    cdef float result
+    with nogil:
+        result = _cpp.cross_entropy_bf16(px, pt, outer, channels, inner, pw, pl, pg, opts)
+    return <double>result
+
+
+def softmax_with_loss_bf16(const uint16_t[::1] scores, const label_t[::1] labels, int64_t outer,
+                           int64_t channels, int64_t inner, object ignore_label,
+                           int normalization, double loss_weight, uint16_t[::1] diff,
+                           uint16_t[::1] prob):
+    cdef SoftmaxWithLossOptions opts
+    if ignore_label is not None:
+        opts.ignore_label = optional[int64_t](<int64_t>ignore_label)
+    opts.normalization = <Normalization>normalization
+    opts.loss_weight = loss_weight
+    cdef const bfloat16* ps = _bin(scores)
+    cdef const label_t* pl = &labels[0] if labels.shape[0] > 0 else NULL
+    cdef bfloat16* pd = _bout(diff)
+    cdef bfloat16* pp = _bout(prob)
+    cdef float loss
+    with nogil:
+        loss = _cpp.softmax_with_loss_bf16(ps, pl, outer, channels, inner, pd, pp, opts)
+    return <double>loss
+
+
+def binary_cross_entropy_with_logits_bf16(
+        const uint16_t[::1] input, const uint16_t[::1] target, const float[::1] weight,
+        int64_t w_stride, int64_t w_period, const float[::1] pos_weight, int64_t p_stride,
+        int64_t p_period, int reduction, uint16_t[::1] loss, uint16_t[::1] grad):
+    cdef BinaryCrossEntropyOptions opts
+    opts.reduction = <Reduction>reduction
+    cdef int64_t n = input.shape[0]
+    cdef Broadcast[float] w = _broadcast(weight, w_stride, w_period)
+    cdef Broadcast[float] pw = _broadcast(pos_weight, p_stride, p_period)
+    cdef const bfloat16* px = _bin(input)
+    cdef const bfloat16* pt = _bin(target)
+    cdef bfloat16* pl = _bout(loss)
+    cdef bfloat16* pg = _bout(grad)
+    cdef float result
+    with nogil:
+        result = _cpp.binary_cross_entropy_with_logits_bf16(px, pt, n, w, pw, pl, pg, opts)
+    return <double>result
+
+
+def sigmoid_cross_entropy_loss_bf16(const uint16_t[::1] scores, const uint16_t[::1] targets,
+                                    int64_t outer, object ignore_label, int normalization,
+                                    double loss_weight, uint16_t[::1] diff):
+    cdef SigmoidCrossEntropyLossOptions opts
+    if ignore_label is not None:
+        opts.ignore_label = optional[int64_t](<int64_t>ignore_label)
+    opts.normalization = <Normalization>normalization
+    opts.loss_weight = loss_weight
+    cdef int64_t n = scores.shape[0]
+    cdef const bfloat16* ps = _bin(scores)
+    cdef const bfloat16* pt = _bin(targets)
+    cdef bfloat16* pd = _bout(diff)
+    cdef float loss
+    with nogil:
+        loss = _cpp.sigmoid_cross_entropy_loss_bf16(ps, pt, outer, n, pd, opts)
     return <double>loss
 
 

@@ -146,3 +146,26 @@ cdef extern from "xentkit/half.hpp" namespace "xentkit" nogil:
     float sigmoid_cross_entropy_loss_half "xentkit::sigmoid_cross_entropy_loss"(
         const half* scores, const half* targets, int64_t outer, int64_t count, half* diff,
         const SigmoidCrossEntropyLossOptions& options) except +xk_raise_py_error
+
+
+cdef extern from "xentkit/bfloat16.hpp" nogil:
+    ctypedef struct bfloat16 "xentkit::bfloat16":
+        uint16_t bits
+
+
+cdef extern from "xentkit/bfloat16.hpp" namespace "xentkit" nogil:
+    float cross_entropy_bf16 "xentkit::cross_entropy"[L](
+        const bfloat16* input, const L* target, int64_t outer, int64_t channels, int64_t inner,
+        const float* weight, bfloat16* loss, bfloat16* grad, const CrossEntropyOptions& options) \
+        except +xk_raise_py_error
+    float softmax_with_loss_bf16 "xentkit::softmax_with_loss"[L](
+        const bfloat16* scores, const L* labels, int64_t outer, int64_t channels, int64_t inner,
+        bfloat16* diff, bfloat16* prob, const SoftmaxWithLossOptions& options) \
+        except +xk_raise_py_error
+    float binary_cross_entropy_with_logits_bf16 "xentkit::binary_cross_entropy_with_logits"(
+        const bfloat16* input, const bfloat16* target, int64_t count, Broadcast[float] weight,
+        Broadcast[float] pos_weight, bfloat16* loss, bfloat16* grad,
+        const BinaryCrossEntropyOptions& options) except +xk_raise_py_error
+    float sigmoid_cross_entropy_loss_bf16 "xentkit::sigmoid_cross_entropy_loss"(
+        const bfloat16* scores, const bfloat16* targets, int64_t outer, int64_t count,
+        bfloat16* diff, const SigmoidCrossEntropyLossOptions& options) except +xk_raise_py_error

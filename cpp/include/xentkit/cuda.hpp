@@ -20,17 +20,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "xentkit/bfloat16.hpp"
 #include "xentkit/half.hpp"
 #include "xentkit/options.hpp"
 
 struct CUstream_st;
 
 namespace xentkit {
-
-/// A bfloat16 value (its bit pattern: the upper half of a float32).
-struct bfloat16 {
-  uint16_t bits;
-};
 
 namespace cuda {
 

@@ -1,6 +1,7 @@
 #pragma once
 // xentkit: cross-entropy losses with Caffe, PyTorch and TensorFlow semantics.
 
+#include "xentkit/bfloat16.hpp"
 #include "xentkit/cpu.hpp"
 #include "xentkit/cuda.hpp"
 #include "xentkit/device.hpp"

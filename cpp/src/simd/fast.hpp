@@ -62,6 +62,9 @@ struct Kernels {
   /// IEEE binary16 bit patterns to float and back (to nearest, ties to even).
   void (*half_to_float)(const uint16_t*, float*, int64_t);
   void (*float_to_half)(const float*, uint16_t*, int64_t);
+  /// bfloat16 bit patterns to float (a shift) and back (to nearest, ties to even, NaN quiet).
+  void (*bf16_to_float)(const uint16_t*, float*, int64_t);
+  void (*float_to_bf16)(const float*, uint16_t*, int64_t);
 };
 
 /// The kernels for the instruction set in use, or null when none is compiled in (then the

@@ -34,6 +34,8 @@ namespace {
 
 using ::xentkit::detail::float_to_half_bits;
 using ::xentkit::detail::half_bits_to_float;
+using ::xentkit::detail::bf16_bits_to_float;
+using ::xentkit::detail::float_to_bf16_bits;
 
 #include "simd/vec.hpp"
 
@@ -544,8 +546,40 @@ void float_to_half(const float* in, uint16_t* out, int64_t n) {
   for (; i < n; ++i) out[i] = float_to_half_bits(in[i]);
 }
 
+// bfloat16: native-width integer vectors (one instruction set's registers), scalar tails.
+typedef uint32_t nu __attribute__((vector_size(kNat * 4)));
+typedef uint16_t nu16 __attribute__((vector_size(kNat * 2)));
+
+void bf16_to_float(const uint16_t* in, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + kNat <= n; i += kNat) {
+    nu16 h;
+    std::memcpy(&h, in + i, sizeof h);
+    nu u = __builtin_convertvector(h, nu) << 16;
+    const nu nan = (nu)((u & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
+    u |= nan & 0x00400000u;
+    std::memcpy(out + i, &u, sizeof u);
+  }
+  for (; i < n; ++i) out[i] = bf16_bits_to_float(in[i]);
+}
+
+void float_to_bf16(const float* in, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + kNat <= n; i += kNat) {
+    nu u;
+    std::memcpy(&u, in + i, sizeof u);
+    const nu nan = (nu)((u & 0x7fffffffu) > 0x7f800000u);
+    const nu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const nu quiet = (u >> 16) | 0x0040u;
+    const nu16 h = __builtin_convertvector((nan & quiet) | (~nan & rounded), nu16);
+    std::memcpy(out + i, &h, sizeof h);
+  }
+  for (; i < n; ++i) out[i] = float_to_bf16_bits(in[i]);
+}
+
 const Kernels table = {XENTKIT_ISA_NAME, softmax_rows,    softmax_rows_half, softmax_positions,
-                       sigmoid,          half_to_float, float_to_half};
+                       sigmoid,          half_to_float,   float_to_half,     bf16_to_float,
+                       float_to_bf16};
 
 }  // namespace
 

@@ -289,7 +289,8 @@ float cross_entropy(const bfloat16* input, const L* target, int64_t outer, int64
   return class_index_loss<float, L, bfloat16>(detail::SoftmaxOp::xent, input, target, outer,
                                               channels, inner, weight, loss, grad,
                                               options.ignore_index, options.reduction, eps,
-                                              options.grad_output);
+                                              options.grad_output,
+                                              detail::z_loss_of(options.z_loss));
 }
 
 float binary_cross_entropy_with_logits(const bfloat16* input, const bfloat16* target,

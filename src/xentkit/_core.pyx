@@ -481,11 +481,13 @@ cdef inline bfloat16* _bout(uint16_t[::1] a):
 def cross_entropy_indices_bf16(const uint16_t[::1] input, const index_t[::1] target,
                                int64_t outer, int64_t channels, int64_t inner,
                                const float[::1] weight, int64_t ignore_index, int reduction,
-                               double label_smoothing, uint16_t[::1] loss, uint16_t[::1] grad):
+                               double label_smoothing, double z_loss, uint16_t[::1] loss,
+                               uint16_t[::1] grad):
     cdef CrossEntropyOptions opts
     opts.ignore_index = ignore_index
     opts.reduction = <Reduction>reduction
     opts.label_smoothing = label_smoothing
+    opts.z_loss = z_loss
     cdef const bfloat16* px = _bin(input)
     cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
     cdef const float* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL

@@ -253,17 +253,30 @@ XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_CLASS_INDEX, double)
 XENTKIT_PYTORCH_REAL(float)
 XENTKIT_PYTORCH_REAL(double)
 
-// ---- float16 storage ----------------------------------------------------------------------
+// ---- 16-bit storage (float16 and bfloat16: one path, computed in float32) -------------------
+
+namespace {
+
+/// The class-index cross entropy over 16-bit storage S: the options read once for both types.
+template <typename S, typename L>
+float sixteen_bit_cross_entropy(const S* input, const L* target, int64_t outer,
+                                int64_t channels, int64_t inner, const float* weight, S* loss,
+                                S* grad, const CrossEntropyOptions& options) {
+  const double eps = smoothing_of(options.label_smoothing);
+  return class_index_loss<float, L, S>(detail::SoftmaxOp::xent, input, target, outer, channels,
+                                       inner, weight, loss, grad, options.ignore_index,
+                                       options.reduction, eps, options.grad_output,
+                                       detail::z_loss_of(options.z_loss));
+}
+
+}  // namespace
 
 template <typename L>
 float cross_entropy(const half* input, const L* target, int64_t outer, int64_t channels,
                     int64_t inner, const float* weight, half* loss, half* grad,
                     const CrossEntropyOptions& options) {
-  const double eps = smoothing_of(options.label_smoothing);
-  return class_index_loss<float, L, half>(detail::SoftmaxOp::xent, input, target, outer,
-                                          channels, inner, weight, loss, grad,
-                                          options.ignore_index, options.reduction, eps,
-                                          options.grad_output, detail::z_loss_of(options.z_loss));
+  return sixteen_bit_cross_entropy(input, target, outer, channels, inner, weight, loss, grad,
+                                   options);
 }
 
 float binary_cross_entropy_with_logits(const half* input, const half* target, int64_t count,
@@ -279,18 +292,12 @@ float binary_cross_entropy_with_logits(const half* input, const half* target, in
                                   const float*, half*, half*, const CrossEntropyOptions&);
 XENTKIT_FOR_EACH_INDEX_TYPE(XENTKIT_HALF_CLASS_INDEX, void)
 
-// ---- bfloat16 storage (the same 16-bit path) --------------------------------------------------
-
 template <typename L>
 float cross_entropy(const bfloat16* input, const L* target, int64_t outer, int64_t channels,
                     int64_t inner, const float* weight, bfloat16* loss, bfloat16* grad,
                     const CrossEntropyOptions& options) {
-  const double eps = smoothing_of(options.label_smoothing);
-  return class_index_loss<float, L, bfloat16>(detail::SoftmaxOp::xent, input, target, outer,
-                                              channels, inner, weight, loss, grad,
-                                              options.ignore_index, options.reduction, eps,
-                                              options.grad_output,
-                                              detail::z_loss_of(options.z_loss));
+  return sixteen_bit_cross_entropy(input, target, outer, channels, inner, weight, loss, grad,
+                                   options);
 }
 
 float binary_cross_entropy_with_logits(const bfloat16* input, const bfloat16* target,

@@ -84,6 +84,14 @@ inline double z_loss_of(double z) {
   return z;
 }
 
+/// The soft-capping value: 0 (none) or a finite value > 0 (NaN, negative or infinite is an error).
+inline double softcap_of(double s) {
+  if (!(s >= 0.0) || s == std::numeric_limits<double>::infinity()) {
+    throw value_error("softcap: expected None or a finite value > 0, got " + std::to_string(s));
+  }
+  return s;
+}
+
 template <typename T>
 void check_broadcast(const char* what, const Broadcast<T>& b) {
   if (b.data != nullptr && (b.stride < 1 || b.period < 1)) {

@@ -4,7 +4,8 @@ On NumPy arrays, the loss and its gradient from one fused pass, inputs read with
 
 * Caffe's loss layers: :func:`sigmoid_cross_entropy_loss`, :func:`softmax_with_loss`;
 * PyTorch's functions: :func:`binary_cross_entropy`, :func:`binary_cross_entropy_with_logits`,
-  :func:`cross_entropy`, :func:`nll_loss`, :func:`log_softmax`, :func:`softmax`;
+  :func:`cross_entropy`, :func:`nll_loss`, :func:`log_softmax`, :func:`softmax`, and the fused
+  :func:`linear_cross_entropy` (a classifier head's loss without the N x V logits);
 * TensorFlow's: :func:`sigmoid_cross_entropy_with_logits`,
   :func:`softmax_cross_entropy_with_logits`, :func:`sparse_softmax_cross_entropy_with_logits`.
 
@@ -22,6 +23,7 @@ from ._tf import (sigmoid_cross_entropy_with_logits, softmax_cross_entropy_with_
                   sparse_softmax_cross_entropy_with_logits)
 from ._functional import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      log_softmax, nll_loss, softmax)
+from ._linear import linear_cross_entropy
 
 __version__ = _core.__version__
 
@@ -40,6 +42,7 @@ __all__ = [
     "cuda_available",
     "cuda_built",
     "get_num_threads",
+    "linear_cross_entropy",
     "simd_level",
     "simd_levels_available",
     "log_softmax",

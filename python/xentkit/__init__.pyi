@@ -100,6 +100,21 @@ def cross_entropy(input: npt.ArrayLike, target: npt.ArrayLike,
                   z_loss: float = ...,
                   grad: _GradArg, stream: Any = ..., sync: bool = ...) -> Tuple[_Loss, _Array]: ...
 @overload
+def linear_cross_entropy(input: npt.ArrayLike, linear_weight: npt.ArrayLike,
+                         target: npt.ArrayLike, *, linear_bias: Optional[npt.ArrayLike] = ...,
+                         weight: Optional[npt.ArrayLike] = ..., ignore_index: int = ...,
+                         reduction: _Reduction = ..., label_smoothing: float = ...,
+                         z_loss: float = ..., softcap: Optional[float] = ...,
+                         chunk_size: Optional[int] = ..., grad: Literal[False] = ...) -> _Loss: ...
+@overload
+def linear_cross_entropy(input: npt.ArrayLike, linear_weight: npt.ArrayLike,
+                         target: npt.ArrayLike, *, linear_bias: Optional[npt.ArrayLike] = ...,
+                         weight: Optional[npt.ArrayLike] = ..., ignore_index: int = ...,
+                         reduction: _Reduction = ..., label_smoothing: float = ...,
+                         z_loss: float = ..., softcap: Optional[float] = ...,
+                         chunk_size: Optional[int] = ..., grad: Literal[True]
+                         ) -> Tuple[_Loss, _Array, _Array, Optional[_Array]]: ...
+@overload
 def nll_loss(input: npt.ArrayLike, target: npt.ArrayLike, weight: Optional[npt.ArrayLike] = ...,
              *, ignore_index: int = ..., reduction: _Reduction = ...,
              grad: Literal[False] = ..., stream: Any = ..., sync: bool = ...) -> _Loss: ...

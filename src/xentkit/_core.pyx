@@ -555,4 +555,5 @@ def sigmoid_cross_entropy_loss_bf16(const uint16_t[::1] scores, const uint16_t[:
     return <double>loss
 
 
+include "_linear.pxi"
 include "_cuda.pxi"

@@ -7,6 +7,7 @@
 #include "xentkit/device.hpp"
 #include "xentkit/errors.hpp"
 #include "xentkit/half.hpp"
+#include "xentkit/linear.hpp"
 #include "xentkit/losses.hpp"
 #include "xentkit/options.hpp"
 #include "xentkit/threading.hpp"

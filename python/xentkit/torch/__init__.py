@@ -28,16 +28,19 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 from ._functional import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                           log_softmax, nll_loss, sigmoid_cross_entropy_loss, softmax,
                           softmax_with_loss)
+from ._linear import LinearCrossEntropyLoss, linear_cross_entropy
 from ._modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
 
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
     "NLLLoss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "linear_cross_entropy",
     "log_softmax",
     "nll_loss",
     "sigmoid_cross_entropy_loss",

@@ -118,14 +118,15 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         raise ValueError(
             f"linear_weight: expected a 2-D array of shape (V, D), got shape {w0.shape}")
     rdt = result_dtype((x0, w0), ("input", "linear_weight"))
-    if rdt.itemsize == 2:
-        raise TypeError(
-            f"input: expected float32 or float64 (float16 and bfloat16 go through "
-            f"xentkit.torch.linear_cross_entropy), got {rdt}")
+    for arr, name in ((x0, "input"), (w0, "linear_weight")):
+        if arr.dtype.itemsize == 2:
+            raise TypeError(
+                f"{name}: expected float32 or float64 (float16 and bfloat16 go through "
+                f"xentkit.torch.linear_cross_entropy), got {arr.dtype}")
     classes, depth = w0.shape
     if x0.shape[-1] != depth:
         raise ValueError(
-            f"linear_weight: expected shape (V, {x0.shape[-1]}) for input of shape {x0.shape} "
+            f"linear_weight: expected shape ({classes}, {x0.shape[-1]}) for input of shape {x0.shape} "
             f"(its last dimension is D), got shape {w0.shape}")
     if t0.shape != x0.shape[:-1]:
         raise ValueError(

@@ -331,6 +331,129 @@ def run_torch(repeat=7, threads=1, quick=False, seed=0):
     return rows
 
 
+# (name, N, D, V) of the fused linear cross-entropy table.
+LINEAR_SHAPES = [("2048x256x32000", 2048, 256, 32000), ("1024x512x128256", 1024, 512, 128256)]
+LINEAR_QUICK_SHAPES = [("256x64x4000", 256, 64, 4000)]
+
+# Peak resident memory of one call in a fresh process (VmHWM before and after the call, inputs
+# and BLAS's buffers already in place): what the call itself allocated at its peak.
+_PEAK_SCRIPT = """
+import json, sys
+import numpy as np
+import xentkit
+n, d, v, grad = (int(a) for a in sys.argv[1:5])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((n, d), dtype=np.float32)
+w = rng.standard_normal((v, d), dtype=np.float32) * 0.05
+t = rng.integers(0, v, n)
+np.matmul(x[:8], w.T[:, :8])
+xentkit.linear_cross_entropy(x[:64], w, t[:64], chunk_size=32)
+def hwm():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+before = hwm()
+xentkit.linear_cross_entropy(x, w, t, grad=bool(grad))
+print(json.dumps({"before": before, "after": hwm()}))
+"""
+
+
+def linear_peak_bytes(n, d, v, grad, timeout=600):
+    """Bytes the peak resident set grew by during one float32 linear_cross_entropy call, measured
+    in a fresh single-threaded process."""
+    import subprocess
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", XENTKIT_NUM_THREADS="1",
+               OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(n), str(d), str(v),
+                          str(int(grad))], capture_output=True, text=True, env=env,
+                         timeout=timeout, check=True)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    return m["after"] - m["before"]
+
+
+def run_linear(repeat=7, threads=1, quick=False, seed=0, memory=True):
+    """The fused linear cross-entropy, float32: forward+backward against the three matrix
+    products alone (np.matmul, same BLAS), scoring against one product, and PyTorch's
+    F.linear_cross_entropy (chunked options and reference path), torch.compile of the reference
+    and xentkit.torch, on the same data. Set OPENBLAS_NUM_THREADS / pin the process for
+    one-thread figures; `threads` sets xentkit's and torch's thread counts."""
+    import xentkit
+
+    torch = _torch()
+    before = xentkit.get_num_threads()
+    torch_before = None if torch is None else torch.get_num_threads()
+    xentkit.set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    rows = []
+    try:
+        for name, n, d, v in (LINEAR_QUICK_SHAPES if quick else LINEAR_SHAPES):
+            x = rng.standard_normal((n, d), dtype=np.float32)
+            w = (rng.standard_normal((v, d), dtype=np.float32) / np.sqrt(d)).astype(np.float32)
+            t = rng.integers(0, v, n)
+            logits = np.empty((n, v), np.float32)
+            gx = np.empty((n, d), np.float32)
+            gw = np.empty((v, d), np.float32)
+
+            def gemm3():
+                np.matmul(x, w.T, out=logits)
+                np.matmul(logits, w, out=gx)
+                np.matmul(logits.T, x, out=gw)
+
+            fns = {
+                "xk": lambda: xentkit.linear_cross_entropy(x, w, t, grad=True),
+                "gemm3": gemm3,
+                "score": lambda: xentkit.linear_cross_entropy(x, w, t, reduction="none"),
+                "gemm1": lambda: np.matmul(x, w.T, out=logits),
+            }
+            if torch is not None and hasattr(torch.nn, "LinearCrossEntropyOptions"):
+                import xentkit.torch as xt
+
+                F = torch.nn.functional
+                tx = torch.from_numpy(x.copy()).requires_grad_()
+                tw = torch.from_numpy(w.copy()).requires_grad_()
+                tt = torch.from_numpy(t)
+                opts = torch.nn.LinearCrossEntropyOptions()
+
+                def step(fn):
+                    def go():
+                        tx.grad = tw.grad = None
+                        fn().backward()
+                    return go
+
+                compiled = torch.compile(lambda a, b, c: F.cross_entropy(F.linear(a, b), c),
+                                         dynamic=False)
+                fns.update({
+                    "xt": step(lambda: xt.linear_cross_entropy(tx, tw, tt)),
+                    "chunked": step(lambda: F.linear_cross_entropy(tx, tw, tt, options=opts)),
+                    "reference": step(lambda: F.linear_cross_entropy(tx, tw, tt)),
+                    "compile": step(lambda: compiled(tx, tw, tt)),
+                })
+            times = _time_group(fns, repeat)
+            r = {"case": f"linear CE {name}", "elements": n * v}
+            for k, sec in times.items():
+                r[k + "_ms"] = sec * 1e3
+            r["xk/gemm3"] = times["xk"] / times["gemm3"]
+            r["score/gemm1"] = times["score"] / times["gemm1"]
+            for peer in ("chunked", "reference", "compile", "xt"):
+                if peer in times:
+                    r[f"{peer}/xk"] = times[peer] / times["xk"]
+            if memory:
+                full = n * v * 4
+                r["peak/logits"] = linear_peak_bytes(n, d, v, True) / full
+                r["score peak/logits"] = linear_peak_bytes(n, d, v, False) / full
+                r["outputs/logits"] = (n * d + v * d) * 4 / full
+            rows.append(r)
+    finally:
+        xentkit.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
+    return rows
+
+
 def _machine():
     name = platform.processor() or platform.machine()
     try:
@@ -371,6 +494,8 @@ def main(argv=None):
                    help="skip the one-against-two-threads table")
     p.add_argument("--no-torch", action="store_true",
                    help="skip the xentkit.torch table (forward+backward on CPU tensors)")
+    p.add_argument("--no-linear", action="store_true",
+                   help="skip the fused linear cross-entropy table (the longest one)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.threads < 1:
@@ -378,9 +503,10 @@ def main(argv=None):
     info, rows = run(args.repeat, args.threads, args.quick)
     scaling = [] if args.no_thread_scaling else run_threads(args.repeat, args.quick)
     torch_rows = [] if args.no_torch else run_torch(args.repeat, args.threads, args.quick)
+    linear_rows = [] if args.no_linear else run_linear(args.repeat, args.threads, args.quick)
     if args.json:
-        print(json.dumps({"info": info, "rows": rows, "threads": scaling, "torch": torch_rows},
-                         indent=1))
+        print(json.dumps({"info": info, "rows": rows, "threads": scaling, "torch": torch_rows,
+                          "linear": linear_rows}, indent=1))
         return 0
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
     print("\nns per element (median of %d); ratios within the run\n" % args.repeat)
@@ -406,6 +532,17 @@ def main(argv=None):
         print()
         print(format_table([r for r in torch_rows if "xt_us" in r],
                            ["xt_us", "eager_us", "eager/xt"]))
+    if linear_rows:
+        print("\nfused linear cross-entropy, float32, forward+backward (ms, median): xentkit (xk)"
+              "\nagainst the three matrix products alone (gemm3, np.matmul), scoring (score,"
+              "\nreduction='none', no gradient) against one product (gemm1), PyTorch's"
+              "\nF.linear_cross_entropy chunked (options=LinearCrossEntropyOptions()) and reference,"
+              "\ntorch.compile of the reference, and xentkit.torch (xt); peak: extra resident"
+              "\nmemory of one call in a fresh process over the full logits' size\n")
+        print(format_table(linear_rows, ["xk_ms", "gemm3_ms", "xk/gemm3", "score_ms", "gemm1_ms",
+                                         "score/gemm1", "chunked/xk", "reference/xk",
+                                         "compile/xk", "xt/xk", "peak/logits",
+                                         "score peak/logits"]))
     if scaling:
         print("\none thread against two\n")
         print(format_table(scaling, ["t1_ns", "t2_ns", "speedup", "bit-identical"]))

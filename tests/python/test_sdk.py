@@ -42,3 +42,7 @@ def test_example_builds_against_package_sdk(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"xentkit {xentkit.__version__}" in run.stdout
     assert "all checks passed" in run.stdout
+    linear = subprocess.run([str(build / "xentkit_linear_example")], capture_output=True,
+                            text=True)
+    assert linear.returncode == 0, linear.stdout + linear.stderr
+    assert "over 5 chunks of 8 rows" in linear.stdout and "all checks passed" in linear.stdout

@@ -335,8 +335,9 @@ def run_torch(repeat=7, threads=1, quick=False, seed=0):
 LINEAR_SHAPES = [("2048x256x32000", 2048, 256, 32000), ("1024x512x128256", 1024, 512, 128256)]
 LINEAR_QUICK_SHAPES = [("256x64x4000", 256, 64, 4000)]
 
-# Peak resident memory of one call in a fresh process (VmHWM before and after the call, inputs
-# and BLAS's buffers already in place): what the call itself allocated at its peak.
+# Peak resident memory of one call in a fresh process: the peak (VmHWM) is reset to the current
+# resident set once the inputs and BLAS's buffers are in place, so its growth during the call is
+# what the call itself held at its peak (outputs included).
 _PEAK_SCRIPT = """
 import json, sys
 import numpy as np
@@ -348,20 +349,22 @@ w = rng.standard_normal((v, d), dtype=np.float32) * 0.05
 t = rng.integers(0, v, n)
 np.matmul(x[:8], w.T[:, :8])
 xentkit.linear_cross_entropy(x[:64], w, t[:64], chunk_size=32)
-def hwm():
+def status(key):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
-before = hwm()
-xentkit.linear_cross_entropy(x, w, t, grad=bool(grad))
-print(json.dumps({"before": before, "after": hwm()}))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+before = status("VmRSS:")
+out = xentkit.linear_cross_entropy(x, w, t, grad=bool(grad))
+print(json.dumps({"before": before, "after": status("VmHWM:")}))
 """
 
 
 def linear_peak_bytes(n, d, v, grad, timeout=600):
-    """Bytes the peak resident set grew by during one float32 linear_cross_entropy call, measured
-    in a fresh single-threaded process."""
+    """Bytes the peak resident set grew by during one float32 linear_cross_entropy call (its
+    outputs included), measured in a fresh single-threaded process."""
     import subprocess
 
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", XENTKIT_NUM_THREADS="1",
@@ -443,9 +446,9 @@ def run_linear(repeat=7, threads=1, quick=False, seed=0, memory=True):
                     r[f"{peer}/xk"] = times[peer] / times["xk"]
             if memory:
                 full = n * v * 4
-                r["peak/logits"] = linear_peak_bytes(n, d, v, True) / full
-                r["score peak/logits"] = linear_peak_bytes(n, d, v, False) / full
-                r["outputs/logits"] = (n * d + v * d) * 4 / full
+                outputs = (n * d + v * d) * 4  # grad_input and grad_W
+                r["peak/logits"] = (linear_peak_bytes(n, d, v, True) - outputs) / full
+                r["score peak/logits"] = (linear_peak_bytes(n, d, v, False) - n * 4) / full
             rows.append(r)
     finally:
         xentkit.set_num_threads(before)

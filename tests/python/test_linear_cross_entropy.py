@@ -2,12 +2,6 @@
 torch float64 (F.linear + F.cross_entropy, z-loss and softcap written out with torch ops), on fresh
 random inputs: every option, reduction, bias or none, chunk sizes that do not divide N, 3-D
 inputs, ignored chunks, scoring, memory in a fresh process, and bad input."""
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import torch
@@ -342,36 +336,12 @@ def test_torch_matches_f_linear_cross_entropy_chunked():
 
 # ---- memory: a fresh process, RSS ----------------------------------------------------------------
 
-_RSS_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
-    import numpy as np
-    import xentkit
-    n, d, v, grad = (int(a) for a in sys.argv[1:5])
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    w = (rng.standard_normal((v, d), dtype=np.float32) * 0.05)
-    t = rng.integers(0, v, n)
-    np.matmul(x[:8], w.T[:, :8])  # BLAS's own buffers, allocated once per process
-    xentkit.linear_cross_entropy(x[:64], w, t[:64], chunk_size=32)
-    def rss():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    before = rss()
-    out = xentkit.linear_cross_entropy(x, w, t, grad=bool(grad))
-    print(json.dumps({"before": before, "after": rss(), "logits": n * v * 4}))
-""")
-
-
-@pytest.mark.parametrize("grad", [0, 1])
+@pytest.mark.parametrize("grad", [False, True])
 def test_peak_memory_is_a_fraction_of_the_logits(grad):
+    from xentkit import _bench
+
     n, d, v = 2048, 32, 16000
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", XENTKIT_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(n), str(d), str(v), str(grad)],
-                         capture_output=True, text=True, env=env, timeout=300, check=True)
-    m = json.loads(out.stdout.strip().splitlines()[-1])
-    grown = m["after"] - m["before"]
-    # The outputs (grad_input n x d, grad_W v x d) are new arrays of the call: on top of the bound.
-    allowed = m["logits"] / 8 + (grad * (n * d + v * d) * 4)
-    assert grown <= allowed, (grown, allowed, m)
+    grown = _bench.linear_peak_bytes(n, d, v, grad, timeout=300)
+    outputs = (n * d + v * d) * 4 if grad else n * 4
+    logits = n * v * 4
+    assert 0 < grown - outputs <= logits / 8, (grown, outputs, logits)

@@ -61,3 +61,12 @@ def test_bench_torch_table(capsys, restore_threads):
         for key, value in row.items():
             if key.endswith("_ns") or key.endswith("_us") or "/" in key:
                 assert isinstance(value, float) and value > 0 and math.isfinite(value), (row, key)
+
+
+def test_bench_linear_table(restore_threads):
+    rows = _bench.run_linear(repeat=1, quick=True, memory=True)
+    assert [r["case"] for r in rows] == ["linear CE 256x64x4000"]
+    row = rows[0]
+    for key in ("xk/gemm3", "score/gemm1", "peak/logits", "score peak/logits"):
+        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+    assert row["peak/logits"] < 1.0  # never the whole logits

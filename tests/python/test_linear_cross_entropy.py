@@ -345,3 +345,29 @@ def test_peak_memory_is_a_fraction_of_the_logits(grad):
     outputs = (n * d + v * d) * 4 if grad else n * 4
     logits = n * v * 4
     assert 0 < grown - outputs <= logits / 8, (grown, outputs, logits)
+
+
+# ---- CUDA (marked gpu: skipped without a device) -------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs PyTorch with CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("red", ["mean", "sum", "none"])
+def test_cuda_tensors_match_cpu(dtype, red):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 64, generator=gen).to(dtype)
+    w = (torch.randn(1000, 64, generator=gen) / 8).to(dtype)
+    b = torch.randn(1000, generator=gen).to(dtype)
+    t = torch.randint(0, 1000, (300,), generator=gen)
+    t[::9] = -100
+    out = []
+    for device in ("cpu", "cuda"):
+        xi, wi, bi = (v.to(device).requires_grad_() for v in (x, w, b))
+        loss = xt.linear_cross_entropy(xi, wi, t.to(device), linear_bias=bi, reduction=red,
+                                       chunk_size=128, label_smoothing=0.1)
+        loss.backward(torch.ones_like(loss))
+        assert loss.device.type == device and wi.grad.device.type == device
+        out.append([v.float().cpu() for v in (loss, xi.grad, wi.grad, bi.grad)])
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    for got, want in zip(out[1], out[0]):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))

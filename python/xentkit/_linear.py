@@ -21,10 +21,11 @@ from ._arrays import as_array, ignore_value, index_array, is_floating, real_valu
 from ._functional import _reduction, _scalar_result, _smoothing, _z_loss
 
 # A chunk's logits take at most this many bytes by default ...
-_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = 96 << 20
 # ... and at most 1/_CHUNK_SHARE of the whole call's logits (for the memory bound), but never
-# fewer than _MIN_ROWS rows: below ~128 rows each chunk re-reads W from memory for each of its
-# three products, which the products' arithmetic no longer hides (measured in the README).
+# fewer than _MIN_ROWS rows. Every chunk moves W (read twice) and grad_W (read and written) through
+# memory once, whatever its rows, so the rows must be many for the products' arithmetic to hide
+# it: 128 rows cost 1.22x the products alone at V = 128256, D = 512 (measured in the README).
 _CHUNK_SHARE = 10
 _MIN_ROWS = 32
 # Rows of W per block of the grad_W accumulation: the block's partial product (rows x D) is
@@ -48,8 +49,7 @@ def default_chunk_rows(rows, classes, itemsize):
     per_row = max(1, classes * itemsize)
     n = min(_CHUNK_BYTES // per_row, rows // _CHUNK_SHARE)
     n = max(n, _MIN_ROWS)
-    if n >= 16:
-        n -= n % 16
+    n -= n % 32  # whole register blocks of the BLAS kernels
     return int(max(1, min(n, rows)))
 
 
@@ -98,9 +98,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     z_loss : >= 0; adds ``z_loss * lse**2`` per non-ignored position, weighted and reduced as its
         cross-entropy term.
     softcap : None, or > 0: logits ``x`` become ``softcap * tanh(x / softcap)`` first.
-    chunk_size : rows per chunk, or None: chunks of at most 64 MiB of logits and at most a tenth
-        of the whole logits, but at least 32 rows (below that each chunk re-reads W from memory
-        for little arithmetic).
+    chunk_size : rows per chunk, or None: chunks of at most 96 MiB of logits and at most a tenth
+        of the whole logits, but at least 32 rows, a multiple of 32 (each chunk moves W and
+        grad_W through memory once, so fewer rows pay that more often).
     grad : False, or True for ``(loss, grad_input, grad_linear_weight, grad_linear_bias)`` (the
         last None without a bias): the gradients of the returned loss (of the sum of the
         per-position losses for "none").

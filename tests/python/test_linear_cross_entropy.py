@@ -158,7 +158,7 @@ def test_empty_batch():
 
 def test_default_chunk_rows():
     assert _linear.default_chunk_rows(2048, 32000, 4) == 192      # a tenth of the logits
-    assert _linear.default_chunk_rows(4096, 128256, 4) == 128     # 64 MiB
+    assert _linear.default_chunk_rows(4096, 128256, 4) == 192     # 96 MiB
     assert _linear.default_chunk_rows(10, 50, 4) == 10            # never more than N
     assert _linear.default_chunk_rows(100000, 10 ** 7, 4) == 32   # at least 32 rows
 

@@ -372,7 +372,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     logits: the loss of ``cross_entropy(input @ linear_weight.T + linear_bias, target)``, with
     gradients for input, linear_weight and linear_bias. input (..., D), linear_weight (V, D),
     target of shape ``input.shape[:-1]``; z_loss and softcap as :func:`cross_entropy`;
-    chunk_size rows per chunk (None: chunks of at most 64 MiB of logits, see
+    chunk_size rows per chunk (None: chunks of at most 96 MiB of logits, see
     :func:`xentkit.linear_cross_entropy`)."""
     _check(input, linear_weight, target, linear_bias, weight, reduction, chunk_size)
     if ignore_index is None:

@@ -51,6 +51,7 @@ cdef extern from "xentkit/options.hpp" namespace "xentkit" nogil:
         Reduction reduction
         double label_smoothing
         double z_loss
+        double softcap
         double grad_output
 
     cdef cppclass NllLossOptions:

@@ -368,6 +368,8 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
   job.loss = loss;
   job.grad_scale = pb.grad_scale;
   job.cap = pb.cap;
+  job.z_loss = pb.z_loss;
+  job.softcap = pb.softcap;
   double acc = 0.0;
   if (inner == 1) {
     for (int64_t r0 = t0; r0 < t1;) {
@@ -482,6 +484,8 @@ double half_rows_fused(const SoftmaxProblem<float, L>& pb, const Shared& sh,
   job.channels = C;
   job.grad_scale = pb.grad_scale;
   job.cap = pb.cap;
+  job.z_loss = pb.z_loss;
+  job.softcap = pb.softcap;
   job.scratch = scratch.data();
   double acc = 0.0;
   for (int64_t r0 = t0; r0 < t1;) {
@@ -629,7 +633,11 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   const int64_t work = pb.outer * std::max<int64_t>(1, pb.channels) * pb.inner;
   const fast::Kernels* vec = nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    if (pb.op == SoftmaxOp::xent && !log_sum && pb.softcap == 0.0) vec = fast::kernels();
+    // The vectorised kernels take class indices (or no target) without smoothing, z-loss and
+    // soft-capping included; log_sum then only stands for the z-loss of the scalar fallbacks.
+    const bool simd = pb.op == SoftmaxOp::xent && pb.soft == nullptr && pb.log_prob == nullptr &&
+                      !(pb.labels != nullptr && eps > 0.0);
+    if (simd) vec = fast::kernels();
   }
   parallel_blocks(n_blocks, threads_for(work, n_blocks), [&](int64_t b) {
     const int64_t t0 = b * tasks_per_block;

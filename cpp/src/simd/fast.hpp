@@ -28,6 +28,8 @@ struct SoftmaxJob {
   const double* a = nullptr;  // per row / position: the class weight of its label
   double grad_scale = 1.0;
   double cap = 0.0;           // upper bound of -log p[y]
+  double z_loss = 0.0;        // > 0: adds a z lse^2 per labelled row (lse of the capped logits)
+  double softcap = 0.0;       // > 0: logits x -> softcap tanh(x / softcap) (0: none)
   double* loss = nullptr;     // out: per row / position loss (weighted, capped)
   // float16 storage (rows kernel of softmax_rows_half only): x, diff and prob are null and these
   // are read and written; scratch holds min(count, 16) * C floats.

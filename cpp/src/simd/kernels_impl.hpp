@@ -59,6 +59,9 @@ XK_INLINE vf tanh_v(vf u) noexcept {
   q = q * a2 + 0.13331365585327148f;
   q = q * a2 + -0.33333274722099304f;
   const vf small = a + a * (a2 * q);
+  // Soft-capped logits are mostly well inside the cap: a vector with every lane below 0.625
+  // (NaN included) skips the exp and the division (the same value lane by lane either way).
+  if (!any(a >= splat(0.625f))) return sel(neg, -small, small);
   const vf e = exp_nonpos(a * -2.0f);
   const vf big = (1.0f - e) / (1.0f + e);
   const vf r = sel(a < splat(0.625f), small, big);

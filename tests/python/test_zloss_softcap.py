@@ -380,3 +380,14 @@ def test_softcap_with_probabilities_is_refused():
     with pytest.raises(ValueError, match=r"softcap: expected None with class probabilities"):
         xentkit.cross_entropy(x, q, softcap=5.0)
     xentkit.cross_entropy(x, q, softcap=None)
+
+
+@pytest.mark.parametrize("kw", [dict(softcap=5.0), dict(z_loss=0.1)], ids=["softcap", "z_loss"])
+def test_device_arrays_refuse_softcap_and_z_loss(kw):
+    """A CUDA array interface object (nothing behind it): refused before any device work."""
+    class FakeCAI:
+        __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0x10000, False),
+                                    "strides": None, "version": 3, "stream": None}
+    name = next(iter(kw))
+    with pytest.raises(NotImplementedError, match=name):
+        xentkit.cross_entropy(FakeCAI(), np.array([0, 1]), **kw)

@@ -1,7 +1,8 @@
 #pragma once
 // The vectorised float32 kernels (internal) and the choice of instruction set at run time.
 //
-// The kernels cover the hot cases of the two families; everything else (float64, smoothing,
+// The kernels cover the hot cases of the two families (class-index softmax cross entropy with
+// z-loss and soft-capping included); everything else (float64, smoothing,
 // probability targets, log-softmax outputs, non-finite rows, element weights) stays on the scalar
 // kernels, which remain the reference. A kernel returns how far it got: it stops before touching
 // a row or a group of positions it cannot take (a NaN or infinite logit), so the caller can hand

@@ -8,6 +8,11 @@
 //   finish (vectorised over up to 16 rows): -log p[y] = log1p(sum_other / e[y]), 1 / sum;
 //   C: p = e / sum, gradient e * (w grad_scale / sum) and, at the label,
 //      -(sum_other / sum) w grad_scale, which keeps its precision when p[y] rounds to 1.
+// z-loss (job.z_loss > 0): finish adds w z lse^2, lse = max + log(sum), and scales the gradient
+// by 1 + 2 z lse off the label (at the label: (2 z lse e[y] - sum_other) w grad_scale / sum).
+// Soft-capping (job.softcap = s > 0, a template parameter of the sweeps): the max becomes
+// s tanh(max / s); sweep B reads x' = s tanh(x / s) and stores t = tanh(x / s) where e would go;
+// sweep C recomputes e = exp(s t - max') and multiplies the gradient by 1 - t^2.
 
 #include <algorithm>
 #include <cfloat>

@@ -64,7 +64,7 @@ template <typename T, typename L, typename S = T>
 T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_t outer,
                    int64_t channels, int64_t inner, const T* weight, S* loss, S* grad,
                    int64_t ignore_index, Reduction reduction, double smoothing,
-                   double grad_output, double z_loss = 0.0) {
+                   double grad_output, double z_loss = 0.0, double softcap = 0.0) {
   detail::check_reduction(reduction);
   const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
   detail::check_pointer("target", target, s.positions);
@@ -89,6 +89,7 @@ T class_index_loss(detail::SoftmaxOp op, const S* input, const L* target, int64_
   pb.class_weight = weight;
   pb.smoothing = smoothing;
   pb.z_loss = z_loss;
+  pb.softcap = softcap;
   pb.grad_scale = grad_output / divisor(reduction, mean_divisor);
   pb.cap = std::numeric_limits<double>::infinity();
   const double sum = detail::softmax_xent(pb);
@@ -185,7 +186,8 @@ T cross_entropy(const T* input, const L* target, int64_t outer, int64_t channels
   const double eps = smoothing_of(options.label_smoothing);
   return class_index_loss(detail::SoftmaxOp::xent, input, target, outer, channels, inner, weight,
                           loss, grad, options.ignore_index, options.reduction, eps,
-                          options.grad_output, detail::z_loss_of(options.z_loss));
+                          options.grad_output, detail::z_loss_of(options.z_loss),
+                          detail::softcap_of(options.softcap));
 }
 
 template <typename T>
@@ -193,6 +195,11 @@ T cross_entropy(const T* input, const T* target, int64_t outer, int64_t channels
                 const T* weight, T* loss, T* grad, const CrossEntropyOptions& options) {
   detail::check_reduction(options.reduction);
   const double eps = smoothing_of(options.label_smoothing);
+  if (detail::softcap_of(options.softcap) != 0.0) {
+    // Soft-capping is a class-index feature (as z_loss); probability targets refuse it.
+    throw value_error("softcap: expected None (0) with class probabilities, got " +
+                      std::to_string(options.softcap));
+  }
   const SoftmaxShape s = check_softmax_shape(input, outer, channels, inner);
   detail::check_pointer("target", target, s.count);
   detail::check_output("grad", grad, input, s.count);
@@ -266,7 +273,8 @@ float sixteen_bit_cross_entropy(const S* input, const L* target, int64_t outer,
   return class_index_loss<float, L, S>(detail::SoftmaxOp::xent, input, target, outer, channels,
                                        inner, weight, loss, grad, options.ignore_index,
                                        options.reduction, eps, options.grad_output,
-                                       detail::z_loss_of(options.z_loss));
+                                       detail::z_loss_of(options.z_loss),
+                                       detail::softcap_of(options.softcap));
 }
 
 }  // namespace

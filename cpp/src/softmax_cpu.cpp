@@ -53,9 +53,13 @@ inline double weighted(double w, double v) noexcept {
 }
 
 /// Runs one softmax tile: positions s0 .. s0+w-1 of outer index o. Returns the sum of its losses.
-/// kLogSum: the call needs log(sum) (smoothing, probability targets, log-softmax); without it the
-/// sweeps keep only what a plain class-index loss needs.
-template <bool kLogSum, typename T, typename L>
+/// kLogSum: the call needs log(sum) (smoothing, probability targets, log-softmax, z-loss); without
+/// it the sweeps keep only what a plain class-index loss needs.
+/// kCap: soft-capping (pb.softcap > 0): every logit x is read as x' = s tanh(x / s). The max of
+/// the capped logits is s tanh(max / s) (tanh is monotonic); sweep B stores t = tanh(x / s) where
+/// e would go, sweep C recomputes e = exp(s t - max') from it (so an in-place gradient works) and
+/// multiplies the gradient by dx'/dx = 1 - t^2. log_prob is not soft-capped (no caller asks).
+template <bool kLogSum, bool kCap = false, typename T, typename L>
 double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, int64_t s0,
                  int64_t w) {
   const int64_t C = pb.channels, inner = pb.inner;
@@ -67,6 +71,8 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
   T* store = pb.diff ? pb.diff : pb.prob;
   T* sbase = store ? store + off : nullptr;
   const bool smooth = lab && pb.smoothing > 0.0;
+  const T cap_s = static_cast<T>(kCap ? pb.softcap : 1.0);
+  const auto capped = [cap_s](T v) -> T { return cap_s * std::tanh(v / cap_s); };
 
   int64_t y[kTile], am[kTile];
   T m[kTile];
@@ -90,13 +96,16 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
     }
   }
   // The labelled logit relative to the max, read before sweep B may overwrite x (in place).
-  // With a +inf logit the limit is taken: the +inf entries share the probability mass.
+  // With a +inf logit the limit is taken: the +inf entries share the probability mass (capped
+  // logits are finite or NaN).
   for (int64_t j = 0; j < w; ++j) {
+    if constexpr (kCap) m[j] = capped(m[j]);
     posinf[j] = (static_cast<double>(m[j]) == kInf);
     sum[j] = other_y[j] = other_m[j] = wsum[j] = qsum[j] = 0.0;
     zy[j] = 0.0;
     if (y[j] >= 0) {
-      const double v = static_cast<double>(base[y[j] * inner + j]);
+      const T raw = base[y[j] * inner + j];
+      const double v = static_cast<double>(kCap ? capped(raw) : raw);
       zy[j] = posinf[j] ? (v == kInf ? 0.0 : (std::isnan(v) ? v : -kInf))
                         : v - static_cast<double>(m[j]);
     }
@@ -108,7 +117,12 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
     T* srow = sbase ? sbase + c * inner : nullptr;
     const double wc = class_weight(cw, c);
     for (int64_t j = 0; j < w; ++j) {
-      const T v = row[j];
+      T v = row[j];
+      T t = T(0);
+      if constexpr (kCap) {
+        t = std::tanh(v / cap_s);
+        v = cap_s * t;
+      }
       const bool at_inf = posinf[j] && v == static_cast<T>(kInf);
       const T e = at_inf ? T(1) : std::exp(v - m[j]);
       const double ed = static_cast<double>(e);
@@ -130,7 +144,7 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
           wsum[j] += weighted(qw, d);
         }
       }
-      if (srow) srow[j] = e;
+      if (srow) srow[j] = kCap ? t : e;
     }
   }
   // Losses. -log p_y = log(sum / e_y) = log1p(sum_other * exp(-(x_y - max))), which keeps its
@@ -196,7 +210,14 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
         lrow[j] = static_cast<T>(d - logsum[j]);
       }
       if (!srow) continue;
-      const double e = static_cast<double>(srow[j]);
+      double e, dcap = 1.0;
+      if constexpr (kCap) {
+        const T t = srow[j];
+        e = static_cast<double>(std::exp(cap_s * t - m[j]));  // the bits of sweep B's e
+        dcap = 1.0 - static_cast<double>(t) * static_cast<double>(t);
+      } else {
+        e = static_cast<double>(srow[j]);
+      }
       const double p = e * inv[j];
       if (prow) prow[j] = static_cast<T>(p);
       if (!drow) continue;
@@ -215,10 +236,23 @@ double xent_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, int64_t o, in
         g = (c == am[j]) ? (qsum[j] - qw) - qsum[j] * (other_m[j] * inv[j]) : qsum[j] * p - qw;
         g *= pb.grad_scale;
       }
+      if constexpr (kCap) g *= dcap;
       drow[j] = static_cast<T>(g);
     }
   }
   return acc;
+}
+
+/// xent_tile with the sweeps the problem needs (log_sum: see softmax_xent) and soft-capping when
+/// the problem asks for it; one branch per tile.
+template <typename T, typename L>
+double scalar_tile(const SoftmaxProblem<T, L>& pb, const Shared& sh, bool log_sum, int64_t o,
+                   int64_t s0, int64_t w) {
+  if (pb.softcap > 0.0) {
+    return log_sum ? xent_tile<true, true>(pb, sh, o, s0, w)
+                   : xent_tile<false, true>(pb, sh, o, s0, w);
+  }
+  return log_sum ? xent_tile<true>(pb, sh, o, s0, w) : xent_tile<false>(pb, sh, o, s0, w);
 }
 
 /// nll over one tile: l = -w[y] * x[y]; the gradient is -scale * w[y] at the label, 0 elsewhere.
@@ -305,12 +339,13 @@ double fast_tile(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fas
     }
     g += done;
     if (g < groups) {  // a group with a NaN or infinite logit
-      acc += xent_tile<false>(pb, sh, o, s0 + g * fast::kLanes, fast::kLanes);
+      acc += scalar_tile(pb, sh, pb.z_loss > 0.0, o, s0 + g * fast::kLanes, fast::kLanes);
       ++g;
     }
   }
   if (groups * fast::kLanes < wt) {
-    acc += xent_tile<false>(pb, sh, o, s0 + groups * fast::kLanes, wt - groups * fast::kLanes);
+    acc += scalar_tile(pb, sh, pb.z_loss > 0.0, o, s0 + groups * fast::kLanes,
+                       wt - groups * fast::kLanes);
   }
   return acc;
 }
@@ -333,6 +368,8 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
   job.loss = loss;
   job.grad_scale = pb.grad_scale;
   job.cap = pb.cap;
+  job.z_loss = pb.z_loss;
+  job.softcap = pb.softcap;
   double acc = 0.0;
   if (inner == 1) {
     for (int64_t r0 = t0; r0 < t1;) {
@@ -354,7 +391,7 @@ double fast_tasks(const SoftmaxProblem<float, L>& pb, const Shared& sh, const fa
         }
         i += done;
         if (i < n) {  // a row with a NaN or infinite logit
-          acc += xent_tile<false>(pb, sh, r0 + i, 0, 1);
+          acc += scalar_tile(pb, sh, pb.z_loss > 0.0, r0 + i, 0, 1);
           ++i;
         }
       }
@@ -417,10 +454,8 @@ double plain_tasks(const SoftmaxProblem<T, L>& pb, const Shared& sh, const fast:
     const int64_t wt = std::min(w_max, pb.inner - s0);
     if (pb.op == SoftmaxOp::nll) {
       acc += nll_tile(pb, o, s0, wt);
-    } else if (log_sum) {
-      acc += xent_tile<true>(pb, sh, o, s0, wt);
     } else {
-      acc += xent_tile<false>(pb, sh, o, s0, wt);
+      acc += scalar_tile(pb, sh, log_sum, o, s0, wt);
     }
   }
   return acc;
@@ -449,6 +484,8 @@ double half_rows_fused(const SoftmaxProblem<float, L>& pb, const Shared& sh,
   job.channels = C;
   job.grad_scale = pb.grad_scale;
   job.cap = pb.cap;
+  job.z_loss = pb.z_loss;
+  job.softcap = pb.softcap;
   job.scratch = scratch.data();
   double acc = 0.0;
   for (int64_t r0 = t0; r0 < t1;) {
@@ -471,7 +508,7 @@ double half_rows_fused(const SoftmaxProblem<float, L>& pb, const Shared& sh,
       }
       i += done;
       if (i < n) {  // a row with a NaN or infinite logit
-        acc += half_tasks(pb, sh, nullptr, false, r0 + i, r0 + i + 1, 1, 1);
+        acc += half_tasks(pb, sh, nullptr, pb.z_loss > 0.0, r0 + i, r0 + i + 1, 1, 1);
         ++i;
       }
     }
@@ -596,7 +633,11 @@ double softmax_xent(const SoftmaxProblem<T, L>& pb) {
   const int64_t work = pb.outer * std::max<int64_t>(1, pb.channels) * pb.inner;
   const fast::Kernels* vec = nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    if (pb.op == SoftmaxOp::xent && !log_sum) vec = fast::kernels();
+    // The vectorised kernels take class indices (or no target) without smoothing, z-loss and
+    // soft-capping included; log_sum then only stands for the z-loss of the scalar fallbacks.
+    const bool simd = pb.op == SoftmaxOp::xent && pb.soft == nullptr && pb.log_prob == nullptr &&
+                      !(pb.labels != nullptr && eps > 0.0);
+    if (simd) vec = fast::kernels();
   }
   parallel_blocks(n_blocks, threads_for(work, n_blocks), [&](int64_t b) {
     const int64_t t0 = b * tasks_per_block;

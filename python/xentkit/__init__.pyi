@@ -91,13 +91,13 @@ def binary_cross_entropy_with_logits(input: npt.ArrayLike, target: npt.ArrayLike
 def cross_entropy(input: npt.ArrayLike, target: npt.ArrayLike,
                   weight: Optional[npt.ArrayLike] = ..., *, ignore_index: int = ...,
                   reduction: _Reduction = ..., label_smoothing: float = ...,
-                  z_loss: float = ...,
+                  z_loss: float = ..., softcap: Optional[float] = ...,
                   grad: Literal[False] = ..., stream: Any = ..., sync: bool = ...) -> _Loss: ...
 @overload
 def cross_entropy(input: npt.ArrayLike, target: npt.ArrayLike,
                   weight: Optional[npt.ArrayLike] = ..., *, ignore_index: int = ...,
                   reduction: _Reduction = ..., label_smoothing: float = ...,
-                  z_loss: float = ...,
+                  z_loss: float = ..., softcap: Optional[float] = ...,
                   grad: _GradArg, stream: Any = ..., sync: bool = ...) -> Tuple[_Loss, _Array]: ...
 @overload
 def linear_cross_entropy(input: npt.ArrayLike, linear_weight: npt.ArrayLike,

@@ -158,10 +158,6 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
         (pos_weight of shape (C,) weighs the positive term of the last axis; for an (N, C, H, W)
         input pass (C, 1, 1)). Neither may enlarge the shape.
     reduction : "mean" (divided by the element count) | "sum" | "none".
-    z_loss : z >= 0 (finite). With class indices every non-ignored position adds
-        ``z * w[y] * lse**2`` (``lse`` the log-sum-exp of its logits) under the same divisor; the
-        gradient gains ``2 * z * w[y] * lse * softmax``. ValueError with probability targets.
-        Not yet on device arrays (NotImplementedError).
     grad : False | True | array (may be ``input`` itself).
 
     Per element, with ``L = 1 + (pos_weight - 1) * t``:
@@ -278,8 +274,19 @@ def _z_loss(z_loss):
     return z
 
 
+def _softcap(softcap):
+    """None -> 0.0 (none); else a finite value > 0."""
+    if softcap is None:
+        return 0.0
+    s = real_value(softcap, "softcap")
+    if not (0.0 < s < math.inf):
+        raise ValueError(f"softcap: expected None or a finite value > 0, got {s}")
+    return s
+
+
 def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, grad=False, stream=None, sync=False):
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, grad=False, stream=None,
+                  sync=False):
     """Cross entropy of logits, as ``torch.nn.functional.cross_entropy``.
 
     Parameters
@@ -298,6 +305,14 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     label_smoothing : eps in [0, 1] (negative values act as 0, as in PyTorch). With class
         indices the loss is ``(1 - eps) * nll + eps / C * sum_c w[c] * (-log p[c])``, both terms
         under the same divisor; probabilities are smoothed to ``(1 - eps) * q + eps / C``.
+    z_loss : z >= 0 (finite). With class indices every non-ignored position adds
+        ``z * w[y] * lse**2`` (``lse`` the log-sum-exp of its (soft-capped) logits) under the
+        same divisor; the gradient gains ``2 * z * w[y] * lse * softmax``. ValueError with
+        probability targets. Not yet on device arrays (NotImplementedError).
+    softcap : None, or s > 0 (finite): every logit x becomes ``s * tanh(x / s)`` before the
+        softmax (Gemma 2's logit soft-capping); the gradient flows through the tanh. Class
+        indices only (ValueError with probability targets); not yet on device arrays
+        (NotImplementedError).
     grad : False | True | array (may be ``input`` itself).
 
     Per position, class index y: ``l = -w[y] * log softmax(x)[y]`` (plus the smoothing term);
@@ -310,7 +325,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     if (weight is None and (grad is False or grad is True) and type(reduction) is str
             and type(ignore_index) is int and ignore_index == -100
             and type(label_smoothing) is float and label_smoothing == 0.0
-            and type(z_loss) is float and z_loss == 0.0):
+            and type(z_loss) is float and z_loss == 0.0 and softcap is None):
         # The short path: an (N, C) float ndarray and int64 (N,) targets, nothing else.
         red = _SHORT_REDUCTIONS.get(reduction)
         if red is not None:
@@ -318,10 +333,14 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             if out is not None:
                 return out
     z = _z_loss(z_loss)
+    cap = _softcap(softcap)
     if _device.is_device_array(input):
         if z != 0.0:
             raise NotImplementedError(
                 "z_loss: not yet supported for device arrays (only 0.0), got " + repr(z))
+        if cap != 0.0:
+            raise NotImplementedError(
+                "softcap: not yet supported for device arrays (only None), got " + repr(cap))
         return _device.cross_entropy(
             input, target, weight, ignore=ignore_value(ignore_index, "ignore_index",
                                                        allow_none=False),
@@ -344,6 +363,10 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             raise ValueError(
                 f"z_loss: expected 0.0 with class probabilities (the z-loss needs class "
                 f"indices), got {z}")
+        if cap != 0.0:
+            raise ValueError(
+                f"softcap: expected None with class probabilities (soft-capping needs class "
+                f"indices), got {cap}")
         if ignore >= 0:
             raise ValueError(
                 f"ignore_index: expected a negative value (unused) with class probabilities, "
@@ -358,7 +381,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             inner, w, red, eps, flat(loss), flat(gw))
         return _result(red, value, loss, rdt, gw, go, _wants(grad))
     return _class_index(_core.cross_entropy_indices, "cross_entropy", layout, x0, t0, w0, red,
-                        ignore, grad, eps, z, half_kernel=_core.cross_entropy_indices_half)
+                        ignore, grad, eps, z, cap, half_kernel=_core.cross_entropy_indices_half)
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean", grad=False,

@@ -173,13 +173,14 @@ def binary_cross_entropy_with_logits(const real_t[::1] input, const real_t[::1] 
 def cross_entropy_indices(const real_t[::1] input, const index_t[::1] target, int64_t outer,
                           int64_t channels, int64_t inner, const real_t[::1] weight,
                           int64_t ignore_index, int reduction, double label_smoothing,
-                          double z_loss,
+                          double z_loss, double softcap,
                           real_t[::1] loss, real_t[::1] grad):
     cdef CrossEntropyOptions opts
     opts.ignore_index = ignore_index
     opts.reduction = <Reduction>reduction
     opts.label_smoothing = label_smoothing
     opts.z_loss = z_loss
+    opts.softcap = softcap
     cdef const real_t* px = &input[0] if input.shape[0] > 0 else NULL
     cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
     cdef const real_t* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL
@@ -395,12 +396,14 @@ cdef inline half* _hout(uint16_t[::1] a):
 def cross_entropy_indices_half(const uint16_t[::1] input, const index_t[::1] target,
                                int64_t outer, int64_t channels, int64_t inner,
                                const float[::1] weight, int64_t ignore_index, int reduction,
-                               double label_smoothing, double z_loss, uint16_t[::1] loss, uint16_t[::1] grad):
+                               double label_smoothing, double z_loss, double softcap,
+                               uint16_t[::1] loss, uint16_t[::1] grad):
     cdef CrossEntropyOptions opts
     opts.ignore_index = ignore_index
     opts.reduction = <Reduction>reduction
     opts.label_smoothing = label_smoothing
     opts.z_loss = z_loss
+    opts.softcap = softcap
     cdef const half* px = _hin(input)
     cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
     cdef const float* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL
@@ -481,13 +484,14 @@ cdef inline bfloat16* _bout(uint16_t[::1] a):
 def cross_entropy_indices_bf16(const uint16_t[::1] input, const index_t[::1] target,
                                int64_t outer, int64_t channels, int64_t inner,
                                const float[::1] weight, int64_t ignore_index, int reduction,
-                               double label_smoothing, double z_loss, uint16_t[::1] loss,
-                               uint16_t[::1] grad):
+                               double label_smoothing, double z_loss, double softcap,
+                               uint16_t[::1] loss, uint16_t[::1] grad):
     cdef CrossEntropyOptions opts
     opts.ignore_index = ignore_index
     opts.reduction = <Reduction>reduction
     opts.label_smoothing = label_smoothing
     opts.z_loss = z_loss
+    opts.softcap = softcap
     cdef const bfloat16* px = _bin(input)
     cdef const index_t* pt = &target[0] if target.shape[0] > 0 else NULL
     cdef const float* pw = &weight[0] if weight is not None and weight.shape[0] > 0 else NULL

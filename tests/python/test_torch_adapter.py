@@ -677,10 +677,61 @@ def test_z_loss_matches_torch_written_out(reduction, weighted, gen):
                                            z_loss=z), reference, x, gen)
 
 
-def test_softcap_is_refused_until_computed():
+# --- softcap ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("z", [0.0, 1e-2])
+def test_softcap_matches_torch_written_out(reduction, weighted, z, gen):
+    x = torch.randn(8, 6, generator=gen, dtype=torch.float64) * 6
+    t = torch.randint(0, 6, (8,), generator=gen)
+    t[1] = -100
+    w = torch.rand(6, generator=gen, dtype=torch.float64) + 0.2 if weighted else None
+    s = 4.0
+
+    def reference(v):
+        c = s * torch.tanh(v / s)
+        nll = F.cross_entropy(c, t, w, reduction="none", label_smoothing=0.1)
+        keep = t != -100
+        wy = (w[t.clamp(min=0)] if w is not None else torch.ones_like(nll)) * keep
+        total = nll + z * wy * torch.logsumexp(c, 1) ** 2
+        if reduction == "none":
+            return total
+        return total.sum() / wy.sum() if reduction == "mean" else total.sum()
+
+    _check_pair(lambda v: xt.cross_entropy(v, t, w, reduction=reduction, label_smoothing=0.1,
+                                           z_loss=z, softcap=s), reference, x, gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_softcap_module_and_low_precision(dtype, gen):
+    x = (torch.randn(16, 40, 3, generator=gen) * 10).to(dtype).requires_grad_(True)
+    t = torch.randint(0, 40, (16, 3), generator=gen)
+    loss = xt.CrossEntropyLoss(softcap=30.0, z_loss=1e-4)(x, t)
+    loss.backward()
+    x64 = x.detach().double().requires_grad_(True)
+    c = 30.0 * torch.tanh(x64 / 30.0)
+    ref = F.cross_entropy(c, t) + 1e-4 * (torch.logsumexp(c, 1) ** 2).mean()
+    ref.backward()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=0,
+                               atol=tol * x64.grad.abs().max().item())
+
+
+def test_softcap_opcheck_and_gradcheck(gen):
+    x = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 4, (5,), generator=gen)
+    w = torch.rand(4, generator=gen, dtype=torch.float64) + 0.5
+    for red in REDUCTIONS:
+        args = (x, t, w, -100, red, 0.1, 1e-2, 2.5)
+        torch.library.opcheck(torch.ops.xentkit.cross_entropy.default, args)
+    torch.autograd.gradcheck(lambda v: xt.cross_entropy(v, t, w, softcap=2.5, z_loss=1e-2), (x,))
+
+
+def test_softcap_bad_values():
     x = torch.randn(3, 4, requires_grad=True)
     t = torch.randint(0, 4, (3,))
-    if "softcap" in __import__("inspect").signature(xentkit.cross_entropy).parameters:
-        pytest.skip("softcap is computed by this build")
-    with pytest.raises(NotImplementedError, match="softcap"):
-        xt.cross_entropy(x, t, softcap=30.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="softcap"):
+            xt.cross_entropy(x, t, softcap=bad)

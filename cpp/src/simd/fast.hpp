@@ -1,7 +1,8 @@
 #pragma once
 // The vectorised float32 kernels (internal) and the choice of instruction set at run time.
 //
-// The kernels cover the hot cases of the two families; everything else (float64, smoothing,
+// The kernels cover the hot cases of the two families (class-index softmax cross entropy with
+// z-loss and soft-capping included); everything else (float64, smoothing,
 // probability targets, log-softmax outputs, non-finite rows, element weights) stays on the scalar
 // kernels, which remain the reference. A kernel returns how far it got: it stops before touching
 // a row or a group of positions it cannot take (a NaN or infinite logit), so the caller can hand
@@ -28,6 +29,8 @@ struct SoftmaxJob {
   const double* a = nullptr;  // per row / position: the class weight of its label
   double grad_scale = 1.0;
   double cap = 0.0;           // upper bound of -log p[y]
+  double z_loss = 0.0;        // > 0: adds a z lse^2 per labelled row (lse of the capped logits)
+  double softcap = 0.0;       // > 0: logits x -> softcap tanh(x / softcap) (0: none)
   double* loss = nullptr;     // out: per row / position loss (weighted, capped)
   // float16 storage (rows kernel of softmax_rows_half only): x, diff and prob are null and these
   // are read and written; scratch holds min(count, 16) * C floats.

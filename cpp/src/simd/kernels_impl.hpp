@@ -8,6 +8,11 @@
 //   finish (vectorised over up to 16 rows): -log p[y] = log1p(sum_other / e[y]), 1 / sum;
 //   C: p = e / sum, gradient e * (w grad_scale / sum) and, at the label,
 //      -(sum_other / sum) w grad_scale, which keeps its precision when p[y] rounds to 1.
+// z-loss (job.z_loss > 0): finish adds w z lse^2, lse = max + log(sum), and scales the gradient
+// by 1 + 2 z lse off the label (at the label: (2 z lse e[y] - sum_other) w grad_scale / sum).
+// Soft-capping (job.softcap = s > 0, a template parameter of the sweeps): the max becomes
+// s tanh(max / s); sweep B reads x' = s tanh(x / s) and stores t = tanh(x / s) where e would go;
+// sweep C recomputes e = exp(s t - max') and multiplies the gradient by 1 - t^2.
 
 #include <algorithm>
 #include <cfloat>
@@ -43,6 +48,32 @@ static_assert(W == kLanes, "lane count");
 
 constexpr float kFloatInf = std::numeric_limits<float>::infinity();
 
+/// tanh(u) in float32: u (1 + u^2 q(u^2)) for |u| < 0.625 (q of degree 4, fitted to tanh(u)/u),
+/// else (1 - e) / (1 + e) with e = exp(-2|u|), the sign put back. Max error against np.tanh in
+/// float64, measured on the AVX2 build over u = k * 5e-6 in [-20, 20] and every float32 in
+/// [1e-30, 1e-3] and [0.6, 0.7]: 1.5e-7 relative (about 2.5 ulp, worst near u = 0.64) where
+/// |tanh u| < 0.99, 9e-8 absolute elsewhere. |u| >= 9.01 gives exactly +-1 (and so do +-inf and
+/// 1e4); NaN in, NaN out.
+XK_INLINE vf tanh_v(vf u) noexcept {
+  const vi neg = u < splat(0.0f);
+  const vf a = sel(neg, -u, u);
+  const vf a2 = a * a;
+  vf q = splat(-0.005697567947208881f);
+  q = q * a2 + 0.020630355924367905f;
+  q = q * a2 + -0.0537358820438385f;
+  q = q * a2 + 0.13331365585327148f;
+  q = q * a2 + -0.33333274722099304f;
+  const vf small = a + a * (a2 * q);
+  // Soft-capped logits are mostly well inside the cap: a vector with every lane below 0.625
+  // (NaN included) skips the exp and the division (the same value lane by lane either way).
+  if (!any(a >= splat(0.625f))) return sel(neg, -small, small);
+  const vf e = exp_nonpos(a * -2.0f);
+  const vf big = (1.0f - e) / (1.0f + e);
+  const vf r = sel(a < splat(0.625f), small, big);
+  // NaN: a < 0.625 is false, and (1 - NaN) / (1 + NaN) is NaN.
+  return sel(neg, -r, r);
+}
+
 /// Losses, 1/sum and the gradient scales of `n` <= W rows from their sums.
 struct Finish {
   float pinv[W];   // 1 / sum, for the softmax
@@ -52,9 +83,11 @@ struct Finish {
 
 /// other: the sum of e over the classes other than the label (all classes without a label);
 /// ey: e at the label; zy: x[label] - max (read before any in-place write).
+/// mx: the (soft-capped) max per row, read only when z_loss > 0 (lse = max + log(sum)).
 XK_INLINE void finish_rows(int n, const double* other, const float* ey, const float* zy,
                         const int32_t* y, const double* a, double grad_scale, double cap,
-                        double* loss, Finish& f) noexcept {
+                        double* loss, Finish& f, const float* mx = nullptr,
+                        double z_loss = 0.0) noexcept {
   double o_buf[W], a_buf[W];
   float ey_buf[W];
   int32_t y_buf[W];
@@ -91,6 +124,20 @@ XK_INLINE void finish_rows(int n, const double* other, const float* ey, const fl
   store(f.pinv, narrow(inv));
   store(f.scale, sel(labelled, narrow(inv * coef), splat(0.0f)));
   store(f.gy, sel(labelled, narrow(-(vo * inv) * coef), splat(0.0f)));
+  if (z_loss > 0.0) {
+    // z-loss, per labelled row in double: + a z lse^2; the gradient off the label becomes
+    // a gs (1 + 2 z lse) e / sum, at the label a gs (2 z lse e[y] - other) / sum.
+    for (int k = 0; k < n; ++k) {
+      if (y[k] < 0) continue;
+      const double s = other[k] + static_cast<double>(ey[k]);
+      const double lse = static_cast<double>(mx[k]) + std::log(s);
+      const double g = a[k] * grad_scale / s;
+      const double zl = 2.0 * z_loss * lse;
+      lbuf[k] += a[k] * z_loss * lse * lse;
+      f.scale[k] = static_cast<float>(g * (1.0 + zl));
+      f.gy[k] = static_cast<float>(g * (zl * static_cast<double>(ey[k]) - other[k]));
+    }
+  }
   if (!any(labelled & (usable == splat_i(0)))) {
     for (int k = 0; k < n; ++k) loss[k] = lbuf[k];
     return;
@@ -102,7 +149,12 @@ XK_INLINE void finish_rows(int n, const double* other, const float* ey, const fl
       const double r = other[k] * std::exp(-z);
       double l = std::isinf(r) ? std::log(other[k] + std::exp(z)) - z : std::log1p(r);
       if (l > cap) l = cap;
-      lbuf[k] = (a[k] == 0.0 && std::isinf(l)) ? 0.0 : a[k] * l;
+      double zl = 0.0;
+      if (z_loss > 0.0) {
+        const double lse = static_cast<double>(mx[k]) + std::log(other[k] + ey[k]);
+        zl = a[k] * z_loss * lse * lse;
+      }
+      lbuf[k] = ((a[k] == 0.0 && std::isinf(l)) ? 0.0 : a[k] * l) + zl;
     }
     loss[k] = lbuf[k];
   }
@@ -188,7 +240,9 @@ XK_INLINE void put_s(float* p, float v) noexcept { *p = v; }
 XK_INLINE void put_s(uint16_t* p, float v) noexcept { *p = float_to_half_bits(v); }
 
 /// Rows of more than W classes, in storage S (float, or float16 bits with e kept in scratch).
-template <typename S>
+/// kCap: soft-capped logits; t = tanh(x / s) is stored where e would go in sweep B and e is
+/// recomputed from it in sweep C (so the gradient may alias x), times 1 - t^2.
+template <typename S, bool kCap = false>
 int64_t rows_wide(const SoftmaxJob& jb) {
   constexpr bool kHalf = std::is_same_v<S, uint16_t>;
   const S* xs = nullptr;
@@ -212,10 +266,12 @@ int64_t rows_wide(const SoftmaxJob& jb) {
   // scratch that later holds e, and sweep B reads them from there; longer rows are widened again.
   const bool widened = kHalf && batch * C <= 4096;
   const vi lanes = iota();
+  const vf vcs = splat(static_cast<float>(kCap ? jb.softcap : 1.0));
+  const vf vinv = splat(static_cast<float>(kCap ? 1.0 / jb.softcap : 1.0));
   for (int64_t r0 = 0; r0 < jb.count; r0 += batch) {
     int n = static_cast<int>(std::min<int64_t>(batch, jb.count - r0));
     double other[W];
-    float ey[W], zy[W], mx[W];
+    float ey[W], zy[W], mx[W], ty[W];
     alignas(64) float tails[W][W];
     // Sweep A for the whole batch first, so that a bad row is handed back untouched.
     bool stop = false;
@@ -241,7 +297,7 @@ int64_t rows_wide(const SoftmaxJob& jb) {
         stop = true;
         break;
       }
-      mx[k] = m;
+      mx[k] = kCap ? get(tanh_v(splat(m) * vinv) * vcs, 0) : m;
     }
     if (n == 0) return r0;
     for (int k = 0; k < n; ++k) {
@@ -256,7 +312,13 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       }
       const int32_t y = jb.y[r];
       const float m = mx[k];
-      zy[k] = y >= 0 ? value_s(x[y]) - m : 0.0f;
+      ty[k] = 0.0f;
+      if constexpr (kCap) {
+        if (y >= 0) ty[k] = get(tanh_v(splat(value_s(x[y])) * vinv), 0);
+        zy[k] = y >= 0 ? get(splat(ty[k]) * vcs, 0) - m : 0.0f;
+      } else {
+        zy[k] = y >= 0 ? value_s(x[y]) - m : 0.0f;
+      }
       if (y == kSkip && !ps) {  // nothing to compute: loss 0, gradient 0
         other[k] = 1.0;
         ey[k] = 1.0f;
@@ -274,8 +336,14 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       for (int64_t c = 0; c < full; c += W) {
         if (ahead) __builtin_prefetch(ahead + c);
         if (out_ahead) __builtin_prefetch(out_ahead + c, 1);
-        vf e = exp_nonpos((widened ? load(jb.scratch + k * C + c) : load_s(x + c)) - vm);
-        if (st) store(st + c, e);
+        vf v = widened ? load(jb.scratch + k * C + c) : load_s(x + c);
+        vf t = v;
+        if constexpr (kCap) {
+          t = tanh_v(v * vinv);
+          v = t * vcs;
+        }
+        vf e = exp_nonpos(v - vm);
+        if (st) store(st + c, kCap ? t : e);
         if (c == ych) {
           e_label = get(e, static_cast<int>(y - c));
           e = sel(lanes == splat_i(static_cast<int32_t>(y - c)), splat(0.0f), e);
@@ -285,8 +353,16 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       if (tail) {
         // The tail's e stays in a local buffer: a masked store read back by a masked load
         // would not be forwarded and would stall sweep C.
-        vf e = exp_nonpos(load_part_s(x + full, tail, -kFloatInf) - vm);
-        store(tails[k], e);
+        vf v = load_part_s(x + full, tail, -kFloatInf);
+        vf t = v;
+        if constexpr (kCap) {
+          t = tanh_v(v * vinv);
+          v = t * vcs;
+        }
+        // The padding lanes (-inf) give e = 0 (capped: -s, masked).
+        vf e = exp_nonpos(v - vm);
+        if constexpr (kCap) e = sel(splat_i(tail - 1) >= lanes, e, splat(0.0f));
+        store(tails[k], kCap ? t : e);
         if (full == ych) {
           e_label = get(e, static_cast<int>(y - full));
           e = sel(lanes == splat_i(static_cast<int32_t>(y - full)), splat(0.0f), e);
@@ -297,7 +373,8 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       ey[k] = e_label;
     }
     Finish f;
-    finish_rows(n, other, ey, zy, jb.y + r0, jb.a + r0, jb.grad_scale, jb.cap, jb.loss + r0, f);
+    finish_rows(n, other, ey, zy, jb.y + r0, jb.a + r0, jb.grad_scale, jb.cap, jb.loss + r0, f,
+                mx, jb.z_loss);
     for (int k = 0; k < n; ++k) {
       const int64_t r = r0 + k;
       const int32_t y = jb.y[r];
@@ -316,17 +393,30 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       if (!st) continue;
       const vf pinv = splat(f.pinv[k]);
       const vf sc = splat(f.scale[k]);
+      const vf vm = splat(mx[k]);
       for (int64_t c = 0; c < full; c += W) {
-        const vf e = load(st + c);
+        vf e = load(st + c);
+        vf dsc = sc;
+        if constexpr (kCap) {
+          const vf t = e;
+          e = exp_nonpos(t * vcs - vm);
+          dsc = sc * (1.0f - t * t);
+        }
         if (p) store_s(p + c, e * pinv);
-        if (d) store_s(d + c, e * sc);
+        if (d) store_s(d + c, e * dsc);
       }
       if (tail) {
-        const vf e = load(tails[k]);
+        vf e = load(tails[k]);
+        vf dsc = sc;
+        if constexpr (kCap) {
+          const vf t = e;
+          e = exp_nonpos(t * vcs - vm);
+          dsc = sc * (1.0f - t * t);
+        }
         if (p) store_part_s(p + full, e * pinv, tail);
-        if (d) store_part_s(d + full, e * sc, tail);
+        if (d) store_part_s(d + full, e * dsc, tail);
       }
-      if (d && y >= 0) put_s(d + y, f.gy[k]);
+      if (d && y >= 0) put_s(d + y, kCap ? f.gy[k] * (1.0f - ty[k] * ty[k]) : f.gy[k]);
     }
     if (stop) return r0 + n;
   }
@@ -334,9 +424,13 @@ int64_t rows_wide(const SoftmaxJob& jb) {
 }
 
 
-int64_t softmax_rows_wide(const SoftmaxJob& jb) { return rows_wide<float>(jb); }
+int64_t softmax_rows_wide(const SoftmaxJob& jb) {
+  return jb.softcap > 0.0 ? rows_wide<float, true>(jb) : rows_wide<float>(jb);
+}
 
-int64_t softmax_rows_half(const SoftmaxJob& jb) { return rows_wide<uint16_t>(jb); }
+int64_t softmax_rows_half(const SoftmaxJob& jb) {
+  return jb.softcap > 0.0 ? rows_wide<uint16_t, true>(jb) : rows_wide<uint16_t>(jb);
+}
 
 int64_t softmax_rows(const SoftmaxJob& jb) {
   return jb.channels <= W ? softmax_rows_narrow(jb) : softmax_rows_wide(jb);
@@ -347,7 +441,8 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
 /// lines `inner` floats apart (for strides near a multiple of 4 KiB those share one L1 set and
 /// evict each other); several groups at once make each visit to a class row G lines long.
 /// Returns false, having written nothing, when a logit is NaN or infinite.
-template <int G>
+/// kCap: soft-capped logits, as in rows_wide (t stored in sweep B, e recomputed in sweep C).
+template <int G, bool kCap>
 bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed) {
   const int64_t C = jb.channels, inner = jb.inner;
   constexpr int S = G * W;
@@ -370,6 +465,11 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   }
   for (int q = 0; q < G; ++q) bad |= nonfinite(vm[q]);
   if (any(bad)) return false;
+  const vf vcs = splat(static_cast<float>(kCap ? jb.softcap : 1.0));
+  const vf vinv = splat(static_cast<float>(kCap ? 1.0 / jb.softcap : 1.0));
+  if constexpr (kCap) {
+    for (int q = 0; q < G; ++q) vm[q] = tanh_v(vm[q] * vinv) * vcs;
+  }
   float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
   Acc acc[G];
   vf vey[G], vzy[G];  // e and x - max at the label (x read before any in-place write)
@@ -387,9 +487,15 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
       for (int q = 0; q < G; ++q) __builtin_prefetch(x + c * inner + S + q * W);
     }
     for (int q = 0; q < G; ++q) {
-      const vf z = load(packed ? pack + c * S + q * W : x + c * inner + q * W) - vm[q];
+      vf v = load(packed ? pack + c * S + q * W : x + c * inner + q * W);
+      vf t = v;
+      if constexpr (kCap) {
+        t = tanh_v(v * vinv);
+        v = t * vcs;
+      }
+      const vf z = v - vm[q];
       const vf e = exp_nonpos(z);
-      if (st) store(packed ? pack + c * S + q * W : st + c * inner + q * W, e);
+      if (st) store(packed ? pack + c * S + q * W : st + c * inner + q * W, kCap ? t : e);
       const vi at = vy[q] == vc;
       vey[q] = sel(at, e, vey[q]);
       vzy[q] = sel(at, z, vzy[q]);
@@ -399,12 +505,13 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   Finish f[G];
   for (int q = 0; q < G; ++q) {
     double other[W];
-    float ey[W], zy[W];
+    float ey[W], zy[W], mx[W];
     acc[q].lanes(other);
     store(ey, vey[q]);
     store(zy, vzy[q]);
+    store(mx, vm[q]);
     finish_rows(W, other, ey, zy, jb.y + j0 + q * W, jb.a + j0 + q * W, jb.grad_scale,
-                jb.cap, jb.loss + j0 + q * W, f[q]);
+                jb.cap, jb.loss + j0 + q * W, f[q], mx, jb.z_loss);
   }
   if (!st) return true;
   float* d = jb.diff ? jb.diff + j0 : nullptr;
@@ -420,10 +527,17 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   for (int64_t c = 0; c < C; ++c) {
     const vi vc = splat_i(static_cast<int32_t>(c));
     for (int q = 0; q < G; ++q) {
-      const vf e = load(packed ? pack + c * S + q * W : st + c * inner + q * W);
+      vf e = load(packed ? pack + c * S + q * W : st + c * inner + q * W);
+      vf dc = splat(1.0f);
+      if constexpr (kCap) {
+        const vf t = e;
+        e = exp_nonpos(t * vcs - vm[q]);
+        dc = 1.0f - t * t;
+      }
       if (p) store(p + c * inner + q * W, e * pinv[q]);
       if (d) {
-        const vf gv = sel(vy[q] == vc, gy[q], e * sc[q]);
+        vf gv = sel(vy[q] == vc, gy[q], e * sc[q]);
+        if constexpr (kCap) gv = gv * dc;
         store(d + c * inner + q * W, sel(skip[q], splat(0.0f), gv));
       }
     }
@@ -431,24 +545,29 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   return true;
 }
 
-int64_t softmax_positions(const SoftmaxJob& jb) {
+template <bool kCap>
+int64_t positions_impl(const SoftmaxJob& jb) {
   constexpr int64_t kPackFloats = 4096;  // 16 KiB on the stack
   alignas(64) float pack[kPackFloats];
   const int64_t C = jb.channels;
   int64_t g = 0;
   while (g < jb.count) {
-    if (g + 8 <= jb.count && C * 8 * W <= kPackFloats && position_groups<8>(jb, g, pack, true)) {
+    if (g + 8 <= jb.count && C * 8 * W <= kPackFloats && position_groups<8, kCap>(jb, g, pack, true)) {
       g += 8;
       continue;
     }
-    if (g + 4 <= jb.count && C * 4 * W <= kPackFloats && position_groups<4>(jb, g, pack, true)) {
+    if (g + 4 <= jb.count && C * 4 * W <= kPackFloats && position_groups<4, kCap>(jb, g, pack, true)) {
       g += 4;
       continue;
     }
-    if (!position_groups<1>(jb, g, pack, C * W <= kPackFloats)) return g;
+    if (!position_groups<1, kCap>(jb, g, pack, C * W <= kPackFloats)) return g;
     ++g;
   }
   return jb.count;
+}
+
+int64_t softmax_positions(const SoftmaxJob& jb) {
+  return jb.softcap > 0.0 ? positions_impl<true>(jb) : positions_impl<false>(jb);
 }
 
 /// log1p(e) for e in [0, 1]: e q(e), q a degree-9 polynomial fitted to log1p(e) / e on [0, 1]

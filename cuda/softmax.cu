@@ -75,6 +75,8 @@ struct Params {
   void* log_prob;
   void* loss;
   double keep, spread, cap;
+  double z_loss;             // z-loss coefficient (class indices; 0: none)
+  double softcap;            // logit soft-capping s (0: none)
   double scale;              // used when scale_ptr is null
   const double* scale_ptr;   // the device-computed scale (data-dependent divisors)
   Extra extra;
@@ -86,6 +88,7 @@ struct Params {
 template <typename R>
 struct Consts {
   R keep, spread, cap, scale, total_weight;
+  R z, s, inv_s;  // z-loss; softcap s and 1 / s (s == 0: none)
 };
 
 template <typename S> struct ComputeOf { using R = float; };
@@ -403,6 +406,10 @@ __device__ __forceinline__ void process_row(const Row& row, const Params& P,
     return;
   }
 
+  // Soft-capped logits (s > 0): every use of x below reads s tanh(x / s); tanh is monotonic,
+  // so the max and its index are those of the raw logits, capped.
+  R t_unused = R(0);
+  const auto cap_of = [&](R v) { return m::capped(v, k.s, k.inv_s, t_unused); };
   // The max and its first index.
   R mx = -m::inf<R>();
   int64_t am = kNoIndex;
@@ -410,16 +417,17 @@ __device__ __forceinline__ void process_row(const Row& row, const Params& P,
     if (m::takes_max(v, c, mx, am)) { mx = v; am = c; }
   });
   row.max(mx, am);
+  mx = cap_of(mx);
   const bool posinf = mx == m::inf<R>();
   // The labelled logit relative to the max, read before any output is written.
   R zy = R(0);
-  if (y >= 0) zy = m::shifted(static_cast<R>(load<S>(P.x, row.offset(y))), mx, posinf);
+  if (y >= 0) zy = m::shifted(cap_of(static_cast<R>(load<S>(P.x, row.offset(y)))), mx, posinf);
 
   // The statistics: e = exp(x - max) once per element.
   const Extra extra = P.extra;
   Stats<R> st;
   row.each([&](int64_t c, R v) {
-    const R d = m::shifted(v, mx, posinf);
+    const R d = m::shifted(cap_of(v), mx, posinf);
     const R e = m::exp_r(d);
     R wc = R(1), q = R(0);
     if (extra != Extra::none) {
@@ -432,14 +440,21 @@ __device__ __forceinline__ void process_row(const Row& row, const Params& P,
   const R logsum = m::log1p_r(st.other_m);
 
   // The loss.
-  R l = R(0), l_nll = R(0), coef_y = R(0);
+  R l = R(0), l_nll = R(0), coef_y = R(0), coef_z = R(0);
   if (P.labels) {
     if (y >= 0) {
-      const R a = k.keep * class_weight<S>(P, y);
+      const R wy = class_weight<S>(P, y);
+      const R a = k.keep * wy;
       coef_y = a * k.scale;
       l_nll = m::weighted(a, m::label_nll(st.other_y, zy, k.cap));
       l = l_nll;
       if (extra == Extra::smooth) l += m::smoothing_term(k.spread, k.total_weight, logsum, st.wsum);
+      if (k.z > R(0)) {
+        // z-loss: z w[y] lse^2 with lse = max + log(sum); its gradient 2 z w[y] lse softmax.
+        const R lse = mx + logsum;
+        l += m::z_term(k.z, wy, lse);
+        coef_z = R(2) * k.z * wy * lse * k.scale;
+      }
     } else if (bad) {
       l = l_nll = nan;
     }
@@ -459,7 +474,8 @@ __device__ __forceinline__ void process_row(const Row& row, const Params& P,
   const bool smooth = extra == Extra::smooth;
   row.each([&](int64_t c, R v) {
     const int64_t off = row.offset(c);
-    const R d = m::shifted(v, mx, posinf);
+    R t = R(0);
+    const R d = m::shifted(m::capped(v, k.s, k.inv_s, t), mx, posinf);
     if (P.log_prob) store<S>(P.log_prob, off, d - logsum);
     if (!P.diff && !P.prob) return;
     const R p = m::exp_r(d) * inv;
@@ -473,12 +489,14 @@ __device__ __forceinline__ void process_row(const Row& row, const Params& P,
         const R wc = smooth ? class_weight<S>(P, c) : R(1);
         g = m::label_grad(c == y, p, inv, st.other_y, coef_y, smooth, spread_scale,
                           k.total_weight, wc);
+        if (k.z > R(0)) g += coef_z * p;
       }
     } else if (P.soft) {
       const R wc = class_weight<S>(P, c);
       const R qw = wc * (k.keep * static_cast<R>(load<S>(P.soft, off)) + k.spread);
       g = m::soft_grad(c == am, p, inv, st.other_m, st.qsum, qw, k.scale);
     }
+    if (k.s > R(0)) g *= R(1) - t * t;  // through the tanh
     store<S>(P.diff, off, g);
   });
 }
@@ -492,6 +510,9 @@ __device__ Consts<typename ComputeOf<S>::R> make_consts(const Params& P, double*
   k.spread = static_cast<R>(P.spread);
   k.cap = static_cast<R>(P.cap);
   k.scale = static_cast<R>(P.scale_ptr ? *P.scale_ptr : P.scale);
+  k.z = static_cast<R>(P.z_loss);
+  k.s = static_cast<R>(P.softcap);
+  k.inv_s = P.softcap > 0.0 ? static_cast<R>(1.0 / P.softcap) : R(0);
   double tw = static_cast<double>(P.channels);
   if (P.weight && P.extra == Extra::smooth) {
     double s = 0.0;
@@ -963,6 +984,8 @@ void launch(const SoftmaxPlan& plan, stream_t stream_handle) {
   P.keep = 1.0 - eps;
   P.spread = plan.channels > 0 ? eps / static_cast<double>(plan.channels) : 0.0;
   P.cap = plan.cap;
+  P.z_loss = plan.labels ? plan.z_loss : 0.0;
+  P.softcap = plan.softcap;
   P.scale = plan.grad_output / plan.divisor;
   P.scale_ptr = nullptr;
   P.extra = P.soft ? Extra::soft : (plan.labels && eps > 0.0 ? Extra::smooth : Extra::none);

@@ -31,6 +31,17 @@ XENTKIT_HD inline float log_r(float v) { return logf(v); }
 XENTKIT_HD inline double log_r(double v) { return log(v); }
 XENTKIT_HD inline float log1p_r(float v) { return log1pf(v); }
 XENTKIT_HD inline double log1p_r(double v) { return log1p(v); }
+XENTKIT_HD inline float tanh_r(float v) { return tanhf(v); }
+XENTKIT_HD inline double tanh_r(double v) { return tanh(v); }
+
+/// Logit soft-capping (s > 0): x -> s tanh(x / s) with t = tanh(x / s) returned too, whose
+/// 1 - t^2 is the derivative the gradient is multiplied by. s == 0: no capping (t unused).
+template <typename R>
+XENTKIT_HD inline R capped(R v, R s, R inv_s, R& t) {
+  if (s == R(0)) return v;
+  t = tanh_r(v * inv_s);
+  return s * t;
+}
 
 /// The max-and-first-index order: NaN ranks above every number (so the combine is commutative
 /// and associative and every thread of a tree agrees; a row with a NaN gives NaN outputs either
@@ -55,6 +66,12 @@ XENTKIT_HD inline R shifted(R v, R m, bool posinf) {
 template <typename R>
 XENTKIT_HD inline R weighted(R w, R v) {
   return (w == R(0) && is_inf(v)) ? R(0) : w * v;
+}
+
+/// The z-loss term of one position: z w[y] lse^2 (a zero weight removes an infinite lse).
+template <typename R>
+XENTKIT_HD inline R z_term(R z, R wy, R lse) {
+  return weighted(wy, z * lse * lse);
 }
 
 /// What a row's statistics sweep needs: smoothing sums (class indices with eps > 0) or

@@ -280,16 +280,14 @@ SoftmaxPlan plan_cross_entropy(const T* input, const L* target, int64_t outer, i
                                int64_t inner, const T* weight, T* loss, T* grad, T* reduced,
                                const CrossEntropyOptions& options) {
   const double eps = xentkit::detail::label_smoothing_of(options.label_smoothing);
-  if (options.z_loss != 0.0 || options.softcap != 0.0) {
-    // Not in the device kernels yet: refused rather than computed without the term.
-    throw value_error(
-        "z_loss/softcap: expected 0 (none) for CUDA device arrays, got z_loss " +
-        std::to_string(options.z_loss) + ", softcap " + std::to_string(options.softcap) +
-        " (they are computed on the CPU only)");
-  }
-  return plan_class_index(SoftmaxOp::xent, input, target, outer, channels, inner, weight, loss,
-                          grad, reduced, options.ignore_index, options.reduction, eps,
-                          options.grad_output);
+  const double z = xentkit::detail::z_loss_of(options.z_loss);
+  const double s = xentkit::detail::softcap_of(options.softcap);
+  SoftmaxPlan p = plan_class_index(SoftmaxOp::xent, input, target, outer, channels, inner, weight,
+                                   loss, grad, reduced, options.ignore_index, options.reduction,
+                                   eps, options.grad_output);
+  p.z_loss = z;
+  p.softcap = s;
+  return p;
 }
 
 /// Probability targets in the layout of input.
@@ -300,6 +298,11 @@ SoftmaxPlan plan_cross_entropy_probabilities(const T* input, const T* target, in
                                              const CrossEntropyOptions& options) {
   check_reduction(options.reduction);
   const double eps = xentkit::detail::label_smoothing_of(options.label_smoothing);
+  if (xentkit::detail::softcap_of(options.softcap) != 0.0) {
+    // As on the CPU: soft-capping is a class-index feature.
+    throw value_error("softcap: expected None (0) with class probabilities, got " +
+                      std::to_string(options.softcap));
+  }
   int64_t positions = 0;
   const int64_t count = check_softmax_shape(input, outer, channels, inner, &positions);
   xentkit::detail::check_probability_classes("input", positions, channels);

@@ -62,6 +62,8 @@ struct SoftmaxPlan {
   const void* class_weight = nullptr; // channels weights of `storage` (or null: all 1)
   double smoothing = 0.0;             // eps in [0, 1]
   double cap = 0.0;                   // upper bound of -log p[y] (+inf for none)
+  double z_loss = 0.0;                // adds z_loss * w[y] * lse^2 per labelled position
+  double softcap = 0.0;               // > 0: logits x -> softcap * tanh(x / softcap)
   void* diff = nullptr;               // gradient: scale * dl/dx; may alias x
   void* prob = nullptr;               // softmax; never aliases x or diff
   void* log_prob = nullptr;           // log-softmax; never aliases x or diff

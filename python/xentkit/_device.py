@@ -594,7 +594,8 @@ def _index_target(t, x, shapes, function):
     return index_dtype(t)
 
 
-def cross_entropy(input, target, weight, *, ignore, red, eps, grad, stream, sync):
+def cross_entropy(input, target, weight, *, ignore, red, eps, grad, stream, sync, z_loss=0.0,
+                  softcap=0.0):
     c = Call(input, "input", stream, sync)
     x = c.main
     code = VALUE_CODES[value_dtype(x)]
@@ -608,6 +609,11 @@ def cross_entropy(input, target, weight, *, ignore, red, eps, grad, stream, sync
                 f"target: expected a floating dtype for class probabilities (a target of the "
                 f"input's shape {x.shape}), got {t.dtype}")
         same_dtype(t, x)
+        if z_loss != 0.0 or softcap != 0.0:
+            raise ValueError(
+                f"{'z_loss' if z_loss != 0.0 else 'softcap'}: expected "
+                f"{'0.0' if z_loss != 0.0 else 'None'} with class probabilities, got "
+                f"{z_loss if z_loss != 0.0 else softcap}")
         if ignore >= 0:
             raise ValueError(
                 f"ignore_index: expected a negative value (unused) with class probabilities, "
@@ -619,7 +625,7 @@ def cross_entropy(input, target, weight, *, ignore, red, eps, grad, stream, sync
     l_code = _index_target(t, x, shapes, "cross_entropy")
     reduced, per, g = _reduced_outputs(c, red, x, pos, grad, (x, t, w))
     run(c, _core.device_cross_entropy_indices, code, l_code, x.ptr, t.ptr, outer, channels,
-        inner, ptr(w), ignore, red, eps, ptr(per), ptr(g), ptr(reduced))
+        inner, ptr(w), ignore, red, eps, z_loss, softcap, ptr(per), ptr(g), ptr(reduced))
     return _torch_result(c, red, reduced, per, g, want_grad)
 
 

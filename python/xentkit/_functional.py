@@ -308,11 +308,10 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     z_loss : z >= 0 (finite). With class indices every non-ignored position adds
         ``z * w[y] * lse**2`` (``lse`` the log-sum-exp of its (soft-capped) logits) under the
         same divisor; the gradient gains ``2 * z * w[y] * lse * softmax``. ValueError with
-        probability targets. Not yet on device arrays (NotImplementedError).
+        probability targets.
     softcap : None, or s > 0 (finite): every logit x becomes ``s * tanh(x / s)`` before the
         softmax (Gemma 2's logit soft-capping); the gradient flows through the tanh. Class
-        indices only (ValueError with probability targets); not yet on device arrays
-        (NotImplementedError).
+        indices only (ValueError with probability targets).
     grad : False | True | array (may be ``input`` itself).
 
     Per position, class index y: ``l = -w[y] * log softmax(x)[y]`` (plus the smoothing term);
@@ -335,17 +334,11 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     z = _z_loss(z_loss)
     cap = _softcap(softcap)
     if _device.is_device_array(input):
-        if z != 0.0:
-            raise NotImplementedError(
-                "z_loss: not yet supported for device arrays (only 0.0), got " + repr(z))
-        if cap != 0.0:
-            raise NotImplementedError(
-                "softcap: not yet supported for device arrays (only None), got " + repr(cap))
         return _device.cross_entropy(
             input, target, weight, ignore=ignore_value(ignore_index, "ignore_index",
                                                        allow_none=False),
             red=_reduction(reduction), eps=_smoothing(label_smoothing), grad=grad, stream=stream,
-            sync=sync)
+            sync=sync, z_loss=z, softcap=cap)
     x0 = as_array(input, "input")
     t0 = as_array(target, "target")
     w0 = _optional(weight, "weight")

@@ -434,12 +434,15 @@ def device_binary_cross_entropy_with_logits(int t, uintptr_t input, uintptr_t ta
 def device_cross_entropy_indices(int t, int l, uintptr_t input, uintptr_t target, int64_t outer,
                                  int64_t channels, int64_t inner, uintptr_t weight,
                                  int64_t ignore_index, int reduction, double label_smoothing,
+                                 double z_loss, double softcap,
                                  uintptr_t loss, uintptr_t grad, uintptr_t reduced,
                                  uintptr_t ws, uintptr_t stream):
     cdef CrossEntropyOptions opts
     opts.ignore_index = ignore_index
     opts.reduction = <Reduction>reduction
     opts.label_smoothing = label_smoothing
+    opts.z_loss = z_loss
+    opts.softcap = softcap
     with nogil:
         xkc.cross_entropy_indices(t, l, input, target, outer, channels, inner, weight, loss,
                                   grad, reduced, opts, ws, stream)

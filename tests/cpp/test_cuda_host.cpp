@@ -1022,3 +1022,48 @@ TEST(CudaHostRecords, CleanRecord) {
 }
 
 }  // namespace
+
+// z_loss and softcap reach the device plan (class indices), with the CPU's checks and messages.
+namespace {
+
+TEST(CudaHostZLossSoftcap, PlanCarriesTheOptionsAndRefusesWhatTheCpuRefuses) {
+  std::vector<float> x(12, 0.5f), g(12), loss(3), q(12, 0.25f);
+  std::vector<int64_t> t = {0, 3, 1};
+  float red = 0.0f;
+  xk::CrossEntropyOptions o;
+  o.z_loss = 1e-3;
+  o.softcap = 30.0;
+  auto p = xd::plan_cross_entropy(x.data(), t.data(), 3, 4, 1, static_cast<const float*>(nullptr),
+                                  loss.data(), g.data(), &red, o);
+  EXPECT_EQ(p.z_loss, 1e-3);
+  EXPECT_EQ(p.softcap, 30.0);
+  o.z_loss = 0.0;
+  o.softcap = 0.0;
+  p = xd::plan_cross_entropy(x.data(), t.data(), 3, 4, 1, static_cast<const float*>(nullptr),
+                             loss.data(), g.data(), &red, o);
+  EXPECT_EQ(p.z_loss, 0.0);
+  EXPECT_EQ(p.softcap, 0.0);
+  for (const auto& [z, s] : {std::pair{-1.0, 0.0}, std::pair{0.0, -2.0},
+                             std::pair{std::nan(""), 0.0},
+                             std::pair{0.0, std::numeric_limits<double>::infinity()}}) {
+    xk::CrossEntropyOptions bad;
+    bad.z_loss = z;
+    bad.softcap = s;
+    EXPECT_SAME_ERROR(xk::cross_entropy(x.data(), t.data(), 3, 4, 1,
+                                        static_cast<const float*>(nullptr), loss.data(), g.data(),
+                                        bad),
+                      xc::cross_entropy(x.data(), t.data(), 3, 4, 1,
+                                        static_cast<const float*>(nullptr), loss.data(), g.data(),
+                                        &red, bad, kNoLaunch));
+  }
+  xk::CrossEntropyOptions capped;
+  capped.softcap = 5.0;
+  EXPECT_SAME_ERROR(xk::cross_entropy(x.data(), q.data(), 3, 4, 1,
+                                      static_cast<const float*>(nullptr), loss.data(), g.data(),
+                                      capped),
+                    xc::cross_entropy(x.data(), q.data(), 3, 4, 1,
+                                      static_cast<const float*>(nullptr), loss.data(), g.data(),
+                                      &red, capped, kNoLaunch));
+}
+
+}  // namespace

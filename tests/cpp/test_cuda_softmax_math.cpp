@@ -718,3 +718,52 @@ TEST(CudaLaunchShape, ClusterSlices) {
   EXPECT_EQ(ls::cluster_shape(128256, 4).ranks, 4);
   EXPECT_EQ(ls::cluster_shape(128256, 2).ranks, 2);
 }
+
+// The soft-capping and z-loss formulas of the device kernels, replayed on one row against the
+// CPU's cross_entropy (float64: the same formulas, so to rounding).
+namespace {
+
+TEST(CudaSoftmaxMath, SoftcapAndZLossRowMatchesTheCpu) {
+  std::mt19937_64 rng(11);
+  std::normal_distribution<double> normal(0.0, 20.0);
+  const int64_t C = 37;
+  const double s = 15.0, z = 1e-2, inv_s = 1.0 / s;
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<double> x(C);
+    for (double& v : x) v = normal(rng);
+    const int64_t y = trial % C;
+    // The device algorithm on one row (process_row with s and z): max of the raw logits, capped.
+    double t = 0.0;
+    double mx = *std::max_element(x.begin(), x.end());
+    int64_t am = std::max_element(x.begin(), x.end()) - x.begin();
+    mx = m::capped(mx, s, inv_s, t);
+    Stats<double> st;
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = m::shifted(m::capped(x[c], s, inv_s, t), mx, false);
+      m::accumulate(st, Extra::none, c, y, am, d, std::exp(d), 1.0, 0.0, 1.0, 0.0);
+    }
+    const double zy = m::capped(x[y], s, inv_s, t) - mx;
+    const double lse = mx + m::log1p_r(st.other_m);
+    const double loss = m::label_nll(st.other_y, zy, HUGE_VAL) + m::z_term(z, 1.0, lse);
+    const double inv = 1.0 / st.sum, coef_z = 2.0 * z * lse;
+    std::vector<double> g(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = m::shifted(m::capped(x[c], s, inv_s, t), mx, false);
+      const double p = std::exp(d) * inv;
+      double gc = m::label_grad(c == y, p, inv, st.other_y, 1.0, false, 0.0, 0.0, 1.0);
+      gc += coef_z * p;
+      g[c] = gc * (1.0 - t * t);
+    }
+    xentkit::CrossEntropyOptions o;
+    o.reduction = xentkit::Reduction::sum;
+    o.z_loss = z;
+    o.softcap = s;
+    std::vector<double> g_cpu(C);
+    const double l_cpu = xentkit::cross_entropy<double, int64_t>(x.data(), &y, 1, C, 1, nullptr,
+                                                                 nullptr, g_cpu.data(), o);
+    EXPECT_NEAR(loss, l_cpu, 1e-12 * std::max(1.0, std::abs(l_cpu)));
+    for (int64_t c = 0; c < C; ++c) EXPECT_NEAR(g[c], g_cpu[c], 1e-13) << c;
+  }
+}
+
+}  // namespace

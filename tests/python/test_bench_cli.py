@@ -67,6 +67,8 @@ def test_bench_linear_table(restore_threads):
     rows = _bench.run_linear(repeat=1, quick=True, memory=True)
     assert [r["case"] for r in rows] == ["linear CE 256x64x4000"]
     row = rows[0]
-    for key in ("xk/gemm3", "score/gemm1", "peak/logits", "score peak/logits"):
+    for key in ("xk/gemm3", "score/gemm1"):
         assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+    for key in ("peak/logits", "score peak/logits"):  # scoring may need no new pages at all
+        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] >= 0, key
     assert row["peak/logits"] < 1.0  # never the whole logits

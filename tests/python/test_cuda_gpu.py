@@ -494,3 +494,32 @@ def test_beyond_2_31_elements():
     x[2**31 + 5] = 1.5  # not a probability
     with pytest.raises(ValueError, match=str(2**31 + 5)):
         xentkit.binary_cross_entropy(x, t, sync=True)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", _TORCH_DTYPES)
+@pytest.mark.parametrize("C", [11, 4099, 32000])
+def test_z_loss_and_softcap_on_the_device(dtype, C):
+    """z_loss and softcap (alone and together, with weights, smoothing and ignored rows) on the
+    device against the host kernel on the same rounded values, in float64, and bit-identical
+    from run to run."""
+    torch = _torch()
+    gen = torch.Generator().manual_seed(C + 7)
+    rtol, atol = _tol(dtype)
+    rows = 9
+    x = (torch.randn(rows, C, generator=gen) * 8).to(getattr(torch, dtype))
+    y = torch.randint(0, C, (rows,), generator=gen)
+    y[3] = -100
+    w = torch.rand(C, generator=gen).add(0.5).to(x.dtype)
+    for kw in (dict(z_loss=1e-3), dict(softcap=5.0), dict(z_loss=1e-2, softcap=30.0,
+                                                            label_smoothing=0.1)):
+        for red in ("mean", "none"):
+            want = xentkit.cross_entropy(x.double().numpy(), y.numpy(), w.double().numpy(),
+                                         reduction=red, grad=True, **kw)
+            got = [xentkit.cross_entropy(x.cuda(), y.cuda(), w.cuda(), reduction=red, grad=True,
+                                         sync=True, **kw) for _ in range(2)]
+            for value, ref in zip(got[0], want):
+                torch.testing.assert_close(value.double().cpu(), torch.from_numpy(ref),
+                                           rtol=rtol, atol=atol)
+            for a, b in zip(*got):
+                assert torch.equal(a, b)

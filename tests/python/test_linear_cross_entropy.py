@@ -353,7 +353,8 @@ def test_peak_memory_is_a_fraction_of_the_logits(grad):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs PyTorch with CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("red", ["mean", "sum", "none"])
-def test_cuda_tensors_match_cpu(dtype, red):
+@pytest.mark.parametrize("opts", [{}, {"z_loss": 1e-3, "softcap": 30.0}], ids=["plain", "zcap"])
+def test_cuda_tensors_match_cpu(dtype, red, opts):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(300, 64, generator=gen).to(dtype)
     w = (torch.randn(1000, 64, generator=gen) / 8).to(dtype)
@@ -364,7 +365,7 @@ def test_cuda_tensors_match_cpu(dtype, red):
     for device in ("cpu", "cuda"):
         xi, wi, bi = (v.to(device).requires_grad_() for v in (x, w, b))
         loss = xt.linear_cross_entropy(xi, wi, t.to(device), linear_bias=bi, reduction=red,
-                                       chunk_size=128, label_smoothing=0.1)
+                                       chunk_size=128, label_smoothing=0.1, **opts)
         loss.backward(torch.ones_like(loss))
         assert loss.device.type == device and wi.grad.device.type == device
         out.append([v.float().cpu() for v in (loss, xi.grad, wi.grad, bi.grad)])

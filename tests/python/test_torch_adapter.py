@@ -243,9 +243,27 @@ def _cases(gen):
     return out
 
 
+def _linear_cases(gen):
+    """The fused linear cross-entropy's two ops (their own tests: test_linear_cross_entropy.py)."""
+    x = torch.randn(7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3, 4, -100, 1])
+    cw = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    ops = torch.ops.xentkit
+    out = [("lce", ops.linear_cross_entropy.default,
+            (x, w, t, b, cw, -100, red, 0.1, 1e-3, 4.0, 3)) for red in REDUCTIONS]
+    out.append(("lce_backward", ops.linear_cross_entropy_backward.default,
+                (torch.rand(7, generator=gen, dtype=torch.float64), x.detach(), w.detach(), t, None,
+                 None, -100, 0.0, 0.0, None, 3)))
+    return out
+
+
 def test_opcheck_every_op(gen):
+    import xentkit.torch  # noqa: F401  (registers every op, the linear ones included)
+
     names = set()
-    for name, op, args in _cases(gen):
+    for name, op, args in _cases(gen) + _linear_cases(gen):
         torch.library.opcheck(op, args)
         names.add(op._schema.name)
     registered = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("xentkit::")}

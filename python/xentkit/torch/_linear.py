@@ -89,9 +89,6 @@ def _cuda_loop(x, w, t, bias, cweight, ignore_index, red, eps, z, cap, chunk, ne
     device tensor the gradients are divided by at the end, so nothing synchronises the host."""
     import xentkit as _xk
 
-    if z != 0.0 or cap != 0.0:
-        raise NotImplementedError(
-            "linear_cross_entropy: z_loss and softcap are not yet supported for CUDA tensors")
     rows, depth = x.shape
     classes = w.shape[0]
     sixteen = x.dtype in (torch.float16, torch.bfloat16)
@@ -114,7 +111,7 @@ def _cuda_loop(x, w, t, bias, cweight, ignore_index, red, eps, z, cap, chunk, ne
         xc = x[r:r + n]
         logits = torch.addmm(bias, xc, w.t()) if bias is not None else torch.mm(xc, w.t())
         kw = dict(reduction="none" if red == 0 else "sum", ignore_index=ignore_index,
-                  label_smoothing=eps, **stream)
+                  label_smoothing=eps, z_loss=z, softcap=cap if cap != 0.0 else None, **stream)
         if want:
             value, _ = _xk.cross_entropy(logits, t[r:r + n], cweight, grad=logits, **kw)
         else:

@@ -459,6 +459,235 @@ def run_linear(repeat=7, threads=1, quick=False, seed=0, memory=True):
     return rows
 
 
+# (name, shape) of the peers table, float32, class axis 1.
+PEER_SHAPES = [
+    ("4096x1000", (4096, 1000)),
+    ("512x32000", (512, 32000)),
+    ("65536x10", (65536, 10)),
+    ("16384x100", (16384, 100)),
+    ("65536x2", (65536, 2)),
+    ("8x21x128x128", (8, 21, 128, 128)),
+    ("4x150x64x64", (4, 150, 64, 64)),
+]
+PEER_QUICK_SHAPES = [("256x1000", (256, 1000)), ("2048x10", (2048, 10)),
+                     ("2x21x16x16", (2, 21, 16, 16))]
+PEER_BCE_SHAPE, PEER_BCE_QUICK_SHAPE = (4096, 1000), (256, 1000)
+PEERS = ("eager", "compile", "jax")
+# What one-thread JAX figures need: XLA reads XLA_FLAGS once, when jax makes its CPU client, and
+# (jax 0.10) still runs its intra-op pool on every CPU the process may use, flags or not; only
+# pinning the process (taskset -c 0) keeps it to one core.
+JAX_ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _have(module):
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _jax(threads):
+    """(jax, optax) or None. With threads == 1 and jax not yet imported, JAX_ONE_THREAD_FLAGS is
+    added to XLA_FLAGS first (still pin the process with taskset -c 0 for one-thread figures)."""
+    if not (_have("jax") and _have("optax")):
+        return None
+    if threads == 1 and "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_cpu_multi_thread_eigen" not in flags:
+            os.environ["XLA_FLAGS"] = (flags + " " + JAX_ONE_THREAD_FLAGS).strip()
+    try:
+        import jax
+        import optax
+        jax.devices("cpu")
+    except Exception:  # a broken install is a missing peer, never a failed benchmark
+        return None
+    return jax, optax
+
+
+def _torch_steps(torch):
+    """torch.compile'd functions returning (grad, loss) of the mean cross-entropy / BCE with logits
+    (torch.func.grad_and_value: Dynamo traces forward and backward into one graph, no break,
+    and Inductor compiles it; faster than compiling the forward and calling .backward()). Each is
+    its own code object, so each has its own recompile budget (one per shape, dynamic=False)."""
+    F = torch.nn.functional
+
+    def ce_step(z, y):
+        return torch.func.grad_and_value(F.cross_entropy)(z, y)
+
+    def bce_step(z, y):
+        return torch.func.grad_and_value(F.binary_cross_entropy_with_logits)(z, y)
+
+    return (torch.compile(ce_step, dynamic=False), torch.compile(bce_step, dynamic=False))
+
+
+def _jax_steps(jax, optax):
+    def ce(z, y):
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+    def bce(z, y):
+        return optax.sigmoid_binary_cross_entropy(z, y).mean()
+
+    return jax.jit(jax.value_and_grad(ce)), jax.jit(jax.value_and_grad(bce))
+
+
+class _CpuClock:
+    """Wraps a callable, adding up the process's CPU time and the wall time of its calls (how many
+    cores a peer really used)."""
+
+    def __init__(self):
+        self.cpu = self.wall = 0.0
+
+    def wrap(self, fn):
+        def go():
+            c, w = time.process_time(), time.perf_counter()
+            fn()
+            self.cpu += time.process_time() - c
+            self.wall += time.perf_counter() - w
+        return go
+
+
+def run_peers(repeat=7, threads=1, quick=False, seed=0):
+    """(info, rows): xentkit's float32 loss + gradient against the floor of the call on this
+    machine and against its peers, each only when installed: PyTorch eager (F.cross_entropy
+    forward + backward), torch.compile of forward + backward (mode default, warmed up untimed)
+    and JAX/XLA (jax.jit of jax.value_and_grad of optax's loss; class axis last for the spatial
+    shapes, transposed untimed, its best layout). All alternate within one run (medians).
+
+    The floor is what moving the bytes costs: max(np.copyto of the logits, np.exp of them) per
+    element; for BCE, max(1.5 x the copy, the exp), as it reads logits and targets and writes the
+    gradient. With quick=True, torch.compile runs on the first shape only (its warm-up is seconds
+    per shape). One-thread JAX figures need the process pinned (taskset -c 0): XLA_FLAGS (set
+    here when jax is not yet imported and threads == 1) does not stop its intra-op pool;
+    info["jax cpu/wall"] is the cores it used on average while timed."""
+    import xentkit
+
+    torch = _torch()
+    before = xentkit.get_num_threads()
+    torch_before = None if torch is None else torch.get_num_threads()
+    try:
+        return _run_peers(xentkit, torch, repeat, threads, quick, seed)
+    finally:
+        xentkit.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
+
+
+def _run_peers(xentkit, torch, repeat, threads, quick, seed):
+    xentkit.set_num_threads(threads)
+    skipped = {}
+    compiled = None
+    if torch is None:
+        skipped["eager"] = skipped["compile"] = "torch not installed"
+    else:
+        torch.set_num_threads(threads)
+        F = torch.nn.functional
+        try:
+            compiled = _torch_steps(torch)
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run is left out
+            skipped["compile"] = f"{type(e).__name__}: {e}"
+    jx = _jax(threads)
+    if jx is None:
+        skipped["jax"] = "jax/optax not installed"
+        jax = optax = None
+    else:
+        jax, optax = jx
+        jax_ce, jax_bce = _jax_steps(jax, optax)
+    clock = _CpuClock()
+    rng = np.random.default_rng(seed)
+
+    def warm(name, fn):
+        """fn once, untimed (compilation); None, and the reason noted, when it fails."""
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            skipped.setdefault(name, f"{type(e).__name__}: {str(e)[:200]}")
+            return None
+        return fn
+
+    cases = []
+    for i, (name, shape) in enumerate(PEER_QUICK_SHAPES if quick else PEER_SHAPES):
+        x = rng.normal(size=shape).astype(np.float32)
+        t = rng.integers(0, shape[1], size=(shape[0],) + shape[2:])
+        cases.append(("CE", f"CE loss+grad {name}", x, t, not quick or i == 0))
+    shape = PEER_BCE_QUICK_SHAPE if quick else PEER_BCE_SHAPE
+    cases.append(("BCE", f"BCE loss+grad {shape[0]}x{shape[1]}",
+                  rng.normal(size=shape).astype(np.float32),
+                  rng.uniform(size=shape).astype(np.float32), not quick))
+
+    rows = []
+    for kind, case, x, t, do_compile in cases:
+        out = np.empty_like(x)
+        bce = kind == "BCE"
+        if bce:
+            fns = {"xk": lambda: xentkit.binary_cross_entropy_with_logits(x, t, grad=out)}
+        else:
+            fns = {"xk": lambda: xentkit.cross_entropy(x, t, grad=out)}
+        fns["copy"] = lambda: np.copyto(out, x)
+        fns["exp"] = lambda: np.exp(x, out=out)
+        if torch is not None:
+            tx = torch.from_numpy(x.copy()).requires_grad_()
+            ty = torch.from_numpy(t.copy())
+            loss = F.binary_cross_entropy_with_logits if bce else F.cross_entropy
+
+            def eager(tx=tx, ty=ty, loss=loss):
+                tx.grad = None
+                loss(tx, ty).backward()
+            fns["eager"] = warm("eager", eager)
+            if compiled is not None and do_compile:
+                step = compiled[1 if bce else 0]
+                cx = torch.from_numpy(x.copy())
+                fns["compile"] = warm("compile", lambda step=step, cx=cx, ty=ty: step(cx, ty))
+        if jax is not None:
+            # class axis last (the layout XLA's reduction wants), moved before timing
+            zx = x if x.ndim == 2 else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+            jz = jax.device_put(zx)
+            jy = jax.device_put(t if bce else t.astype(np.int32))
+            step = jax_bce if bce else jax_ce
+            fns["jax"] = warm("jax", clock.wrap(
+                lambda step=step, jz=jz, jy=jy: jax.block_until_ready(step(jz, jy))))
+        times = _time_group(fns, repeat)
+        r = _row(case, x.size, times, base="-")
+        copy_ns = r["copy_ns"] * (1.5 if bce else 1.0)
+        r["floor_ns"] = max(copy_ns, r["exp_ns"])
+        r["xk/floor"] = r["xk_ns"] / r["floor_ns"]
+        peers = [k for k in PEERS if k in times]
+        for k in peers:
+            r[f"{k}/xk"] = times[k] / times["xk"]
+        if peers:
+            best = min(peers, key=times.get)
+            r["best/xk"] = times[best] / times["xk"]
+            r["best"] = best
+        rows.append(r)
+
+    ran = sorted({k for r in rows for k in PEERS if f"{k}/xk" in r}, key=PEERS.index)
+    info = {
+        "xentkit": xentkit.__version__,
+        "simd": xentkit.simd_level(),
+        "threads": threads,
+        "repeat": repeat,
+        "torch": None if torch is None else torch.__version__,
+        "jax": None if jax is None else jax.__version__,
+        "optax": None if optax is None else getattr(optax, "__version__", "?"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": _machine(),
+        "cpus allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "peers": ran,
+    }
+    if jax is not None:
+        info["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+        if clock.wall > 0:
+            info["jax cpu/wall"] = round(clock.cpu / clock.wall, 2)
+    if quick and "compile" in ran:
+        info["compile"] = "first shape only (quick)"
+    if skipped:
+        info["skipped"] = skipped
+    return info, rows
+
+
 def _machine():
     name = platform.processor() or platform.machine()
     try:
@@ -501,6 +730,9 @@ def main(argv=None):
                    help="skip the xentkit.torch table (forward+backward on CPU tensors)")
     p.add_argument("--no-linear", action="store_true",
                    help="skip the fused linear cross-entropy table (the longest one)")
+    p.add_argument("--peers", action="store_true",
+                   help="add the peers table: the floor of every call and xentkit against PyTorch"
+                   " eager, torch.compile and JAX/XLA, each when installed")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.threads < 1:
@@ -509,9 +741,14 @@ def main(argv=None):
     scaling = [] if args.no_thread_scaling else run_threads(args.repeat, args.quick)
     torch_rows = [] if args.no_torch else run_torch(args.repeat, args.threads, args.quick)
     linear_rows = [] if args.no_linear else run_linear(args.repeat, args.threads, args.quick)
+    peers_info, peer_rows = (run_peers(args.repeat, args.threads, args.quick) if args.peers
+                             else ({}, []))
     if args.json:
-        print(json.dumps({"info": info, "rows": rows, "threads": scaling, "torch": torch_rows,
-                          "linear": linear_rows}, indent=1))
+        out = {"info": info, "rows": rows, "threads": scaling, "torch": torch_rows,
+               "linear": linear_rows}
+        if args.peers:
+            out["peers"] = {"info": peers_info, "rows": peer_rows}
+        print(json.dumps(out, indent=1))
         return 0
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
     print("\nns per element (median of %d); ratios within the run\n" % args.repeat)
@@ -548,6 +785,16 @@ def main(argv=None):
                                          "score/gemm1", "chunked/xk", "reference/xk",
                                          "compile/xk", "xt/xk", "peak/logits",
                                          "score peak/logits"]))
+    if args.peers:
+        print("\npeers: float32 loss + gradient (mean), ns per element (median); floor = max(copy,"
+              "\nexp) of the logits (BCE: max(1.5 copy, exp)); eager/xk, compile/xk, jax/xk: how"
+              "\nmany times longer each peer takes; best/xk: the fastest of them\n")
+        print(", ".join(f"{k}: {v}" for k, v in peers_info.items() if k not in info
+                        or peers_info[k] != info[k]))
+        print()
+        print(format_table(peer_rows, ["xk_ns", "floor_ns", "xk/floor", "eager_ns", "compile_ns",
+                                       "jax_ns", "eager/xk", "compile/xk", "jax/xk", "best",
+                                       "best/xk"]))
     if scaling:
         print("\none thread against two\n")
         print(format_table(scaling, ["t1_ns", "t2_ns", "speedup", "bit-identical"]))

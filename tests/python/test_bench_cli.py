@@ -72,3 +72,44 @@ def test_bench_linear_table(restore_threads):
     for key in ("peak/logits", "score peak/logits"):  # scoring may need no new pages at all
         assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] >= 0, key
     assert row["peak/logits"] < 1.0  # never the whole logits
+
+
+def test_bench_peers_table(capsys, restore_threads, monkeypatch):
+    """The peers table has the floor and a ratio for every peer that is installed; a peer that is
+    absent is named in info["skipped"], never a failure. torch.compile is left out here (its
+    warm-up takes seconds); test_bench_peers_compile times it."""
+    monkeypatch.setattr(_bench, "_torch_steps", lambda torch: (_ for _ in ()).throw(
+        RuntimeError("compile left out of this test")))
+    info, rows = _bench.run_peers(repeat=1, quick=True)
+    assert [r["case"] for r in rows] == ["CE loss+grad 256x1000", "CE loss+grad 2048x10",
+                                         "CE loss+grad 2x21x16x16", "BCE loss+grad 256x1000"]
+    assert info["threads"] == 1 and info["simd"] == xentkit.simd_level()
+    assert "compile" in info["skipped"] and "compile" not in info["peers"]
+    for peer in ("eager", "jax"):
+        assert (peer in info["peers"]) != (peer in info.get("skipped", {})), peer
+    for row in rows:
+        assert row["floor_ns"] == max(row["copy_ns"] * (1.5 if "BCE" in row["case"] else 1.0),
+                                      row["exp_ns"])
+        assert math.isclose(row["xk/floor"], row["xk_ns"] / row["floor_ns"])
+        for peer in info["peers"]:
+            assert row[f"{peer}/xk"] > 0 and math.isclose(row[f"{peer}/xk"],
+                                                          row[f"{peer}_ns"] / row["xk_ns"])
+        if info["peers"]:
+            assert row["best"] in info["peers"]
+            assert row["best/xk"] == min(row[f"{p}/xk"] for p in info["peers"])
+    assert main(["bench", "--quick", "--repeat", "1", "--no-thread-scaling", "--no-torch",
+                 "--no-linear", "--peers"]) == 0
+    text = capsys.readouterr().out
+    assert "xk/floor" in text and "BCE loss+grad 256x1000" in text
+
+
+def test_bench_peers_compile(restore_threads):
+    """torch.compile of forward + backward runs and is timed on the first quick shape."""
+    import pytest
+
+    pytest.importorskip("torch")
+    info, rows = _bench.run_peers(repeat=1, quick=True)
+    if "compile" in info.get("skipped", {}):  # no C++ compiler for Inductor: named, not hidden
+        pytest.skip(info["skipped"]["compile"])
+    assert "compile" in info["peers"] and info["compile"] == "first shape only (quick)"
+    assert rows[0]["compile/xk"] > 0 and "compile/xk" not in rows[1]

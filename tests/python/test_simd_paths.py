@@ -55,6 +55,44 @@ def test_rows_agree_with_reference(level, channels, weighted):
     _close(per, want_per, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("channels", list(range(1, 34)) + [100, 150])
+def test_every_narrow_class_count(level, channels):
+    """Rows of every class count up to 33 (the kernels specialised per C <= 16, the generic ones
+    above) and 100, 150: 53 rows (three blocks of 16 and a tail), weighted, ignored labels, a row
+    with a NaN and one with -inf inside a full block, loss, gradient and softmax against float64;
+    and for C <= 16 the rows of the full blocks without a NaN (0-15, 32-47) equal, bit for bit,
+    the same logits laid out as positions (class axis 1 of (1, C, 53)): the positions kernel runs
+    the same operations in the same order (tails and NaN blocks take other, equally exact, paths)."""
+    rng = np.random.default_rng(1000 + channels)
+    n = 53
+    x = (rng.normal(size=(n, channels)) * 3).astype(np.float32)
+    t = rng.integers(0, channels, size=n)
+    t[::7] = -100
+    w = rng.uniform(0.5, 2.0, size=channels).astype(np.float32)
+    x[20, channels // 2] = np.nan
+    if channels > 1:
+        x[37, 0] = -np.inf
+    loss, grad = xentkit.cross_entropy(x, t, w, reduction="none", grad=True)
+    finite = ~np.isnan(x).any(axis=1)
+    want_loss, want_grad = ref.cross_entropy(x[finite], t[finite], w, reduction="none")
+    _close(loss[finite], want_loss, rtol=2e-6, atol=1e-7)
+    _close(grad[finite], want_grad, rtol=1e-5, atol=1e-7)
+    assert np.isnan(loss[20]) and np.isnan(grad[20]).all()
+    mean = xentkit.cross_entropy(x[finite], t[finite], w)
+    want_mean, _ = ref.cross_entropy(x[finite], t[finite], w)
+    _close(mean, want_mean, rtol=2e-6)
+    p = xentkit.softmax(x[finite], dim=1)
+    z = x[finite].astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    _close(p, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-8)
+    if channels <= 16:
+        xp = np.ascontiguousarray(x.T[None])
+        lp, gp = xentkit.cross_entropy(xp, t[None], w, reduction="none", grad=True)
+        same = np.r_[0:16, 32:48]
+        assert np.array_equal(lp[0][same], loss[same])
+        assert np.array_equal(gp[0].T[same], grad[same])
+
+
 @pytest.mark.parametrize("shape", [(2, 21, 40), (3, 5, 7, 17), (2, 3, 64), (1, 4, 128), (2, 33, 16)])
 def test_positions_agree_with_reference(level, shape):
     rng = np.random.default_rng(sum(shape))

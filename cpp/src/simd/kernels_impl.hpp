@@ -21,6 +21,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #elif defined(__SSE2__)
@@ -166,9 +167,11 @@ XK_INLINE vi nonfinite(vf v) noexcept { return (v - v) != splat(0.0f); }
 int64_t softmax_positions(const SoftmaxJob& jb);
 int64_t softmax_rows_wide(const SoftmaxJob& jb);
 
-/// Rows of at most W classes: 16 rows at a time are transposed into a (C, 16) block and run as
-/// one group of positions, so nothing is reduced across lanes. Returns the rows done.
-int64_t softmax_rows_narrow(const SoftmaxJob& jb) {
+/// Rows of at most W classes, any C: 16 rows at a time are transposed into a (C, 16) block and
+/// run as one group of positions, so nothing is reduced across lanes. Returns the rows done.
+/// (Soft-capped rows, C = 1 and the last count % 16 rows of the others; narrow_rows below does
+/// the rest.)
+int64_t softmax_rows_narrow_any(const SoftmaxJob& jb) {
   const int64_t C = jb.channels;
   alignas(64) float xt[W * W], dt[W * W], pt[W * W];
   int32_t y[W];
@@ -221,6 +224,97 @@ int64_t softmax_rows_narrow(const SoftmaxJob& jb) {
     }
   }
   return jb.count;
+}
+
+
+/// Rows of exactly C (2..16) classes, 16 rows at a time, C known to the compiler: the block is
+/// transposed into C vectors (lane k = row k) that stay in registers through the max, the exps
+/// and the gradient, which is transposed back once. The same operations in the same order as
+/// position_groups, so the results are those of softmax_rows_narrow_any bit for bit. Hands the
+/// last count % 16 rows and blocks with a NaN or infinite logit to softmax_rows_narrow_any.
+template <int C>
+int64_t narrow_rows(const SoftmaxJob& jb) {
+  alignas(64) float buf[C * W];
+  const int64_t full = jb.count / W * W;
+  int64_t r0 = 0;
+  for (; r0 < full; r0 += W) {
+    const float* x = jb.x + r0 * C;
+    for (int k = 0; k < W; ++k) {
+      for (int c = 0; c < C; ++c) buf[c * W + k] = x[k * C + c];
+    }
+    vf v[C];
+    vi bad = splat_i(0);
+    for (int c = 0; c < C; ++c) {
+      v[c] = load(buf + c * W);
+      bad |= (v[c] != v[c]);
+    }
+    vf m = v[0];
+    for (int c = 1; c < C; ++c) m = max_keep(m, v[c]);
+    if (any(bad | nonfinite(m))) break;
+    const vi vy = load_i(jb.y + r0);
+    Acc acc;
+    vf vey = splat(0.0f), vzy = splat(0.0f);
+    for (int c = 0; c < C; ++c) {
+      const vf z = v[c] - m;
+      v[c] = exp_nonpos(z);
+      const vi at = vy == splat_i(c);
+      vey = sel(at, v[c], vey);
+      vzy = sel(at, z, vzy);
+      acc.add(sel(at, splat(0.0f), v[c]));
+    }
+    Finish f;
+    double other[W];
+    alignas(64) float ey[W], zy[W], mx[W];
+    acc.lanes(other);
+    store(ey, vey);
+    store(zy, vzy);
+    store(mx, m);
+    finish_rows(W, other, ey, zy, jb.y + r0, jb.a + r0, jb.grad_scale, jb.cap, jb.loss + r0, f,
+                mx, jb.z_loss);
+    if (jb.prob) {
+      const vf pinv = load(f.pinv);
+      for (int c = 0; c < C; ++c) store(buf + c * W, v[c] * pinv);
+      float* p = jb.prob + r0 * C;
+      for (int k = 0; k < W; ++k) {
+        for (int c = 0; c < C; ++c) p[k * C + c] = buf[c * W + k];
+      }
+    }
+    if (jb.diff) {
+      const vf sc = load(f.scale), gy = load(f.gy);
+      const vi skip = vy == splat_i(kSkip);
+      for (int c = 0; c < C; ++c) {
+        const vf g = sel(vy == splat_i(c), gy, v[c] * sc);
+        store(buf + c * W, sel(skip, splat(0.0f), g));
+      }
+      float* d = jb.diff + r0 * C;
+      for (int k = 0; k < W; ++k) {
+        for (int c = 0; c < C; ++c) d[k * C + c] = buf[c * W + k];
+      }
+    }
+  }
+  if (r0 == jb.count) return r0;
+  SoftmaxJob rest = jb;
+  rest.x = jb.x + r0 * C;
+  rest.diff = jb.diff ? jb.diff + r0 * C : nullptr;
+  rest.prob = jb.prob ? jb.prob + r0 * C : nullptr;
+  rest.count = jb.count - r0;
+  rest.y = jb.y + r0;
+  rest.a = jb.a + r0;
+  rest.loss = jb.loss + r0;
+  return r0 + softmax_rows_narrow_any(rest);
+}
+
+template <int... Cs>
+int64_t narrow_dispatch(const SoftmaxJob& jb, std::integer_sequence<int, Cs...>) {
+  int64_t done = -1;
+  ((jb.channels == Cs + 2 ? (done = narrow_rows<Cs + 2>(jb), true) : false) || ...);
+  return done;
+}
+
+/// Rows of at most W classes.
+int64_t softmax_rows_narrow(const SoftmaxJob& jb) {
+  if (jb.softcap > 0.0 || jb.channels < 2) return softmax_rows_narrow_any(jb);
+  return narrow_dispatch(jb, std::make_integer_sequence<int, W - 1>{});
 }
 
 // Loads and stores of float32 or float16 (uint16_t bits) storage.

@@ -560,7 +560,8 @@ def run_peers(repeat=7, threads=1, quick=False, seed=0):
     gradient. With quick=True, torch.compile runs on the first shape only (its warm-up is seconds
     per shape). One-thread JAX figures need the process pinned (taskset -c 0): XLA_FLAGS (set
     here when jax is not yet imported and threads == 1) does not stop its intra-op pool;
-    info["jax cpu/wall"] is the cores it used on average while timed."""
+    info["jax cpu/wall"] is the cores it used on average while timed. Where the AVX-512 kernels
+    run, the AVX2 ones are timed beside them (avx2/xk), for CPUs without AVX-512."""
     import xentkit
 
     torch = _torch()
@@ -616,6 +617,8 @@ def _run_peers(xentkit, torch, repeat, threads, quick, seed):
                   rng.normal(size=shape).astype(np.float32),
                   rng.uniform(size=shape).astype(np.float32), not quick))
 
+    level = xentkit.simd_level()
+    avx2_too = level == "avx512" and "avx2" in xentkit.simd_levels_available()
     rows = []
     for kind, case, x, t, do_compile in cases:
         out = np.empty_like(x)
@@ -624,6 +627,14 @@ def _run_peers(xentkit, torch, repeat, threads, quick, seed):
             fns = {"xk": lambda: xentkit.binary_cross_entropy_with_logits(x, t, grad=out)}
         else:
             fns = {"xk": lambda: xentkit.cross_entropy(x, t, grad=out)}
+        if avx2_too:  # the AVX2 kernels beside the AVX-512 ones, call by call
+            def on_avx2(fn=fns["xk"]):
+                xentkit.set_simd_level("avx2")
+                try:
+                    fn()
+                finally:
+                    xentkit.set_simd_level(level)
+            fns["avx2"] = on_avx2
         fns["copy"] = lambda: np.copyto(out, x)
         fns["exp"] = lambda: np.exp(x, out=out)
         if torch is not None:
@@ -652,6 +663,8 @@ def _run_peers(xentkit, torch, repeat, threads, quick, seed):
         copy_ns = r["copy_ns"] * (1.5 if bce else 1.0)
         r["floor_ns"] = max(copy_ns, r["exp_ns"])
         r["xk/floor"] = r["xk_ns"] / r["floor_ns"]
+        if "avx2" in times:
+            r["avx2/xk"] = times["avx2"] / times["xk"]
         peers = [k for k in PEERS if k in times]
         for k in peers:
             r[f"{k}/xk"] = times[k] / times["xk"]
@@ -794,7 +807,8 @@ def main(argv=None):
         print()
         print(format_table(peer_rows, ["xk_ns", "floor_ns", "xk/floor", "eager_ns", "compile_ns",
                                        "jax_ns", "eager/xk", "compile/xk", "jax/xk", "best",
-                                       "best/xk"]))
+                                       "best/xk"] + (["avx2/xk"] if any("avx2/xk" in r for r in
+                                                                     peer_rows) else [])))
     if scaling:
         print("\none thread against two\n")
         print(format_table(scaling, ["t1_ns", "t2_ns", "speedup", "bit-identical"]))

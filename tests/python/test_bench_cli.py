@@ -113,3 +113,19 @@ def test_bench_peers_compile(restore_threads):
         pytest.skip(info["skipped"]["compile"])
     assert "compile" in info["peers"] and info["compile"] == "first shape only (quick)"
     assert rows[0]["compile/xk"] > 0 and "compile/xk" not in rows[1]
+
+
+def test_bench_peers_times_avx2_beside_avx512(restore_threads, monkeypatch):
+    """Where AVX-512 runs, every row also times the AVX2 kernels (avx2/xk), the level set for the
+    call and put back after it (faked here: the level calls are recorded, not made)."""
+    calls = []
+    monkeypatch.setattr(_bench, "_torch", lambda: None)
+    monkeypatch.setattr(_bench, "_jax", lambda threads: None)
+    monkeypatch.setattr(xentkit, "simd_level", lambda: "avx512")
+    monkeypatch.setattr(xentkit, "simd_levels_available", lambda: ["avx512", "avx2", "scalar"])
+    monkeypatch.setattr(xentkit, "set_simd_level", calls.append)
+    info, rows = _bench.run_peers(repeat=1, quick=True)
+    assert all(r["avx2/xk"] > 0 for r in rows)
+    assert calls and calls[::2] == ["avx2"] * (len(calls) // 2)
+    assert calls[1::2] == ["avx512"] * (len(calls) // 2)
+    assert info["peers"] == [] and "eager" in info["skipped"] and "jax" in info["skipped"]

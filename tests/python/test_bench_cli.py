@@ -92,8 +92,8 @@ def test_bench_peers_table(capsys, restore_threads, monkeypatch):
                                       row["exp_ns"])
         assert math.isclose(row["xk/floor"], row["xk_ns"] / row["floor_ns"])
         for peer in info["peers"]:
-            assert row[f"{peer}/xk"] > 0 and math.isclose(row[f"{peer}/xk"],
-                                                          row[f"{peer}_ns"] / row["xk_ns"])
+            assert row[f"{peer}/xk"] > 0 and math.isclose(
+                row[f"{peer}/xk"], row[f"{peer}_ns"] / row["xk with peers_ns"])
         if info["peers"]:
             assert row["best"] in info["peers"]
             assert row["best/xk"] == min(row[f"{p}/xk"] for p in info["peers"])

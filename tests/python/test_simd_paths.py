@@ -93,6 +93,35 @@ def test_every_narrow_class_count(level, channels):
         assert np.array_equal(gp[0].T[same], grad[same])
 
 
+@pytest.mark.parametrize("inner", [1, 7, 4096])
+@pytest.mark.parametrize("channels", [2, 3, 16, 21, 150])
+def test_spatial_layouts_agree_with_reference(level, channels, inner):
+    """Class axis 1 with inner = 1 (rows), 7 (a group's tail only) and 4096 (whole groups, the
+    packed tiles): mean loss, gradient and per-position losses against float64, and the result
+    at one thread equal bit for bit to the one at three."""
+    rng = np.random.default_rng(channels * 10007 + inner)
+    outer = 3 if inner < 4096 else 2
+    x = (rng.normal(size=(outer, channels, inner)) * 3).astype(np.float32)
+    t = rng.integers(0, channels, size=(outer, inner))
+    t.reshape(-1)[::5] = -100
+    loss, grad = xentkit.cross_entropy(x, t, grad=True)
+    want_loss, want_grad = ref.cross_entropy(x, t)
+    _close(loss, want_loss, rtol=2e-6)
+    _close(grad, want_grad, rtol=1e-5, atol=2e-6 * np.abs(want_grad).max())
+    per = xentkit.cross_entropy(x, t, reduction="none")
+    want_per, _ = ref.cross_entropy(x, t, reduction="none")
+    _close(per, want_per, rtol=2e-6, atol=1e-7)
+    before = xentkit.get_num_threads()
+    try:
+        xentkit.set_num_threads(1)
+        one = xentkit.cross_entropy(x, t, grad=True)
+        xentkit.set_num_threads(3)
+        three = xentkit.cross_entropy(x, t, grad=True)
+    finally:
+        xentkit.set_num_threads(before)
+    assert one[0] == three[0] and np.array_equal(one[1], three[1])
+
+
 @pytest.mark.parametrize("shape", [(2, 21, 40), (3, 5, 7, 17), (2, 3, 64), (1, 4, 128), (2, 33, 16)])
 def test_positions_agree_with_reference(level, shape):
     rng = np.random.default_rng(sum(shape))

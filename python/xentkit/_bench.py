@@ -85,13 +85,18 @@ def _row(case, elements, times, xk="xk", base="torch"):
 
 def run(repeat=7, threads=1, quick=False, seed=0):
     """(info, rows) of the main table; the thread counts are put back afterwards."""
+    return _threads_put_back(_run, repeat, threads, quick, seed)
+
+
+def _threads_put_back(body, *args):
+    """body(xentkit, torch or None, *args), xentkit's and torch's thread counts put back after."""
     import xentkit
 
     torch = _torch()
     before = xentkit.get_num_threads()
     torch_before = None if torch is None else torch.get_num_threads()
     try:
-        return _run(xentkit, torch, repeat, threads, quick, seed)
+        return body(xentkit, torch, *args)
     finally:
         xentkit.set_num_threads(before)
         if torch is not None:
@@ -214,17 +219,14 @@ def _run(xentkit, torch, repeat, threads, quick, seed):
         r["torch/xk"] = times["torch"] / times["xk"]
     rows.append(r)
 
-    info = {
-        "xentkit": xentkit.__version__,
-        "simd": xentkit.simd_level(),
-        "threads": threads,
-        "repeat": repeat,
-        "torch": None if torch is None else torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": _machine(),
-    }
-    return info, rows
+    return _info(xentkit, torch, threads, repeat), rows
+
+
+def _info(xentkit, torch, threads, repeat, **more):
+    """What a table was measured with (more: other versions, after torch's)."""
+    return {"xentkit": xentkit.__version__, "simd": xentkit.simd_level(), "threads": threads,
+            "repeat": repeat, "torch": None if torch is None else torch.__version__, **more,
+            "numpy": np.__version__, "python": platform.python_version(), "machine": _machine()}
 
 
 def run_threads(repeat=7, quick=False, seed=0):
@@ -562,17 +564,7 @@ def run_peers(repeat=7, threads=1, quick=False, seed=0):
     here when jax is not yet imported and threads == 1) does not stop its intra-op pool;
     info["jax cpu/wall"] is the cores it used on average while timed. Where the AVX-512 kernels
     run, the AVX2 ones are timed beside them (avx2/xk), for CPUs without AVX-512."""
-    import xentkit
-
-    torch = _torch()
-    before = xentkit.get_num_threads()
-    torch_before = None if torch is None else torch.get_num_threads()
-    try:
-        return _run_peers(xentkit, torch, repeat, threads, quick, seed)
-    finally:
-        xentkit.set_num_threads(before)
-        if torch is not None:
-            torch.set_num_threads(torch_before)
+    return _threads_put_back(_run_peers, repeat, threads, quick, seed)
 
 
 def _run_peers(xentkit, torch, repeat, threads, quick, seed):
@@ -683,17 +675,10 @@ def _run_peers(xentkit, torch, repeat, threads, quick, seed):
         rows.append(r)
 
     ran = sorted({k for r in rows for k in PEERS if f"{k}/xk" in r}, key=PEERS.index)
-    info = {
-        "xentkit": xentkit.__version__,
-        "simd": xentkit.simd_level(),
-        "threads": threads,
-        "repeat": repeat,
-        "torch": None if torch is None else torch.__version__,
-        "jax": None if jax is None else jax.__version__,
-        "optax": None if optax is None else getattr(optax, "__version__", "?"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": _machine(),
+    info = _info(xentkit, torch, threads, repeat,
+                 jax=None if jax is None else jax.__version__,
+                 optax=None if optax is None else getattr(optax, "__version__", "?"))
+    info |= {
         "cpus allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "peers": ran,

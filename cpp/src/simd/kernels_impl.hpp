@@ -307,7 +307,7 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
 template <int... Cs>
 int64_t narrow_dispatch(const SoftmaxJob& jb, std::integer_sequence<int, Cs...>) {
   int64_t done = -1;
-  ((jb.channels == Cs + 2 ? (done = narrow_rows<Cs + 2>(jb), true) : false) || ...);
+  (void)((jb.channels == Cs + 2 ? (done = narrow_rows<Cs + 2>(jb), true) : false) || ...);
   return done;
 }
 

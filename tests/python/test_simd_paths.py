@@ -59,7 +59,8 @@ def test_rows_agree_with_reference(level, channels, weighted):
 def test_every_narrow_class_count(level, channels):
     """Rows of every class count up to 33 (the kernels specialised per C <= 16, the generic ones
     above) and 100, 150: 53 rows (three blocks of 16 and a tail), weighted, ignored labels, a row
-    with a NaN and one with -inf inside a full block, loss, gradient and softmax against float64;
+    with a NaN and one with -inf inside a full block, loss, gradient and softmax against float64,
+    the gradient written in place equal to the one written apart;
     and for C <= 16 the rows of the full blocks without a NaN (0-15, 32-47) equal, bit for bit,
     the same logits laid out as positions (class axis 1 of (1, C, 53)): the positions kernel runs
     the same operations in the same order (tails and NaN blocks take other, equally exact, paths)."""
@@ -68,6 +69,11 @@ def test_every_narrow_class_count(level, channels):
     x = (rng.normal(size=(n, channels)) * 3).astype(np.float32)
     t = rng.integers(0, channels, size=n)
     t[::7] = -100
+    # labels in the last vector's lanes: the row's last class and the first class of the last
+    # 16 (rows of more than 16 classes end with one full vector over their last 16, overlapping
+    # the one before it)
+    t[1] = channels - 1
+    t[2] = max(channels - 16, 0)
     w = rng.uniform(0.5, 2.0, size=channels).astype(np.float32)
     x[20, channels // 2] = np.nan
     if channels > 1:
@@ -78,6 +84,12 @@ def test_every_narrow_class_count(level, channels):
     _close(loss[finite], want_loss, rtol=2e-6, atol=1e-7)
     _close(grad[finite], want_grad, rtol=1e-5, atol=1e-7)
     assert np.isnan(loss[20]) and np.isnan(grad[20]).all()
+    # the gradient written over the logits themselves: the same numbers, bit for bit
+    xi = x.copy()
+    loss_i, grad_i = xentkit.cross_entropy(xi, t, w, reduction="none", grad=xi)
+    assert grad_i is xi
+    assert np.array_equal(loss_i, loss, equal_nan=True)
+    assert np.array_equal(grad_i, grad, equal_nan=True)
     mean = xentkit.cross_entropy(x[finite], t[finite], w)
     want_mean, _ = ref.cross_entropy(x[finite], t[finite], w)
     _close(mean, want_mean, rtol=2e-6)

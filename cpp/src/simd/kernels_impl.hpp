@@ -354,6 +354,8 @@ int64_t rows_wide(const SoftmaxJob& jb) {
   const int64_t C = jb.channels;
   const int64_t full = C / W * W;
   const int tail = static_cast<int>(C - full);
+  // Rows of at least W elements end with one full vector over their last W (see sweep B).
+  const bool overlap = tail && C > W;
   // Rows per batch: the e of a batch stay in L1 between sweeps B and C.
   const int64_t batch = C >= 4096 ? 1 : (C >= 256 ? 4 : W);
   // float16 rows of a batch that fits in L1 as float32 are widened once, in sweep A, into the
@@ -380,8 +382,9 @@ int64_t rows_wide(const SoftmaxJob& jb) {
         bad |= (v != v);
         vm = max_keep(vm, v);
       }
-      if (tail) {
-        const vf v = load_part_s(x + full, tail, -kFloatInf);
+      if (tail) {  // overlapped: the row's last W logits; else the tail, padded with -inf
+        const vf v = overlap ? load_s(x + C - W) : load_part_s(x + full, tail, -kFloatInf);
+        if (wide && overlap) store(wide + C - W, v);
         bad |= (v != v);
         vm = max_keep(vm, v);
       }
@@ -427,6 +430,10 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       const S* ahead = r0 + batch < jb.count ? x + batch * C : nullptr;
       // float16 outputs are first touched in sweep C; their lines are fetched for writing here.
       S* const out_ahead = kHalf ? (ds ? ds + r * C : (ps ? ps + r * C : nullptr)) : nullptr;
+      // An overlapped tail is read before the loop stores anything (the gradient may alias x,
+      // and float16 rows' e overwrite the widened row in scratch).
+      const vf last = !overlap ? splat(0.0f)
+                               : (widened ? load(jb.scratch + k * C + C - W) : load_s(x + C - W));
       for (int64_t c = 0; c < full; c += W) {
         if (ahead) __builtin_prefetch(ahead + c);
         if (out_ahead) __builtin_prefetch(out_ahead + c, 1);
@@ -444,9 +451,26 @@ int64_t rows_wide(const SoftmaxJob& jb) {
         }
         acc.add(e);
       }
-      if (tail) {
-        // The tail's e stays in a local buffer: a masked store read back by a masked load
-        // would not be forwarded and would stall sweep C.
+      if (tail && overlap) {
+        // Full-width loads and stores (masked stores are slow on several x86 cores): lanes
+        // below W - tail repeat the loop's last elements, with the same values, and are left
+        // out of the sum.
+        vf v = last;
+        vf t = v;
+        if constexpr (kCap) {
+          t = tanh_v(v * vinv);
+          v = t * vcs;
+        }
+        vf e = exp_nonpos(v - vm);
+        if (st) store(st + C - W, kCap ? t : e);
+        if (y >= full) {
+          e_label = get(e, static_cast<int>(y - (C - W)));
+          e = sel(lanes == splat_i(static_cast<int32_t>(y - (C - W))), splat(0.0f), e);
+        }
+        acc.add(sel(lanes >= splat_i(W - tail), e, splat(0.0f)));
+      } else if (tail) {
+        // A row shorter than W (float16): its e stay in a local buffer (a masked store read
+        // back by a masked load would not be forwarded and would stall sweep C).
         vf v = load_part_s(x + full, tail, -kFloatInf);
         vf t = v;
         if constexpr (kCap) {
@@ -488,6 +512,7 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       const vf pinv = splat(f.pinv[k]);
       const vf sc = splat(f.scale[k]);
       const vf vm = splat(mx[k]);
+      const vf last = overlap ? load(st + C - W) : splat(0.0f);  // before the loop's stores
       for (int64_t c = 0; c < full; c += W) {
         vf e = load(st + c);
         vf dsc = sc;
@@ -500,15 +525,20 @@ int64_t rows_wide(const SoftmaxJob& jb) {
         if (d) store_s(d + c, e * dsc);
       }
       if (tail) {
-        vf e = load(tails[k]);
+        vf e = overlap ? last : load(tails[k]);
         vf dsc = sc;
         if constexpr (kCap) {
           const vf t = e;
           e = exp_nonpos(t * vcs - vm);
           dsc = sc * (1.0f - t * t);
         }
-        if (p) store_part_s(p + full, e * pinv, tail);
-        if (d) store_part_s(d + full, e * dsc, tail);
+        if (overlap) {
+          if (p) store_s(p + C - W, e * pinv);
+          if (d) store_s(d + C - W, e * dsc);
+        } else {
+          if (p) store_part_s(p + full, e * pinv, tail);
+          if (d) store_part_s(d + full, e * dsc, tail);
+        }
       }
       if (d && y >= 0) put_s(d + y, kCap ? f.gy[k] * (1.0f - ty[k] * ty[k]) : f.gy[k]);
     }

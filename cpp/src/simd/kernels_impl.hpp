@@ -227,6 +227,85 @@ int64_t softmax_rows_narrow_any(const SoftmaxJob& jb) {
 }
 
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The AVX2 build moves narrow rows in and out of the (C, 16) layout with 8x8 transposes in
+// registers: per 16 rows, 16 or 32 unaligned loads (or stores) and 24 shuffles per 8x8 block,
+// instead of 16 C scalar loads and stores through a buffer whose vector reloads cannot be
+// forwarded from the scalar stores. (The AVX-512 and baseline builds keep the scalar copy.)
+#define XK_NARROW_SHUFFLES 1
+
+/// r[j] (lane i = element i of row j) becomes column j: lane i = r[i][j].
+XK_INLINE void transpose8(__m256* r) noexcept {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/// v[c] (lane k = row k) from the 16 rows of C floats at x. Row k is read as 8 (C > 8: 16)
+/// floats from x + k C, so the last rows read up to 16 floats past the block, which the caller
+/// guarantees are readable.
+template <int C>
+XK_INLINE void rows_to_columns(const float* x, vf* v) noexcept {
+  constexpr int H = C > 8 ? 2 : 1;
+  __m256 b[H][W];
+  for (int k = 0; k < W; ++k) {
+    b[0][k] = _mm256_loadu_ps(x + k * C);
+    if constexpr (H == 2) b[1][k] = _mm256_loadu_ps(x + k * C + 8);
+  }
+  for (int h = 0; h < H; ++h) {
+    transpose8(b[h]);
+    transpose8(b[h] + 8);
+  }
+  for (int c = 0; c < C; ++c) {
+    v[c].p[0] = (nf)b[c / 8][c % 8];
+    v[c].p[1] = (nf)b[c / 8][8 + c % 8];
+  }
+}
+
+/// The 16 rows of C floats at out from v[c] (lane k = row k). Row k is written as 8 (C > 8: 16)
+/// floats in increasing k, so what spills into row k + 1 is overwritten by it; the rows whose
+/// write would cross the block's end go through a buffer, and nothing past the block is touched.
+template <int C>
+XK_INLINE void columns_to_rows(const vf* v, float* out) noexcept {
+  constexpr int H = C > 8 ? 2 : 1;
+  __m256 b[H][W];
+  for (int h = 0; h < H; ++h) {
+    for (int j = 0; j < 8; ++j) {
+      const int c = 8 * h + j;
+      b[h][j] = c < C ? (__m256)v[c < C ? c : 0].p[0] : _mm256_setzero_ps();
+      b[h][8 + j] = c < C ? (__m256)v[c < C ? c : 0].p[1] : _mm256_setzero_ps();
+    }
+    transpose8(b[h]);
+    transpose8(b[h] + 8);
+  }
+  for (int k = 0; k < W; ++k) {
+    float* row = out + k * C;
+    if (k * C + 8 * H <= W * C) {
+      _mm256_storeu_ps(row, b[0][k]);
+      if constexpr (H == 2) _mm256_storeu_ps(row + 8, b[1][k]);
+    } else {
+      alignas(32) float t[8 * H];
+      _mm256_store_ps(t, b[0][k]);
+      if constexpr (H == 2) _mm256_store_ps(t + 8, b[1][k]);
+      std::memcpy(row, t, sizeof(float) * C);
+    }
+  }
+}
+#endif
+
 /// Rows of exactly C (2..16) classes, 16 rows at a time, C known to the compiler: the block is
 /// transposed into C vectors (lane k = row k) that stay in registers through the max, the exps
 /// and the gradient, which is transposed back once. The same operations in the same order as
@@ -234,20 +313,28 @@ int64_t softmax_rows_narrow_any(const SoftmaxJob& jb) {
 /// last count % 16 rows and blocks with a NaN or infinite logit to softmax_rows_narrow_any.
 template <int C>
 int64_t narrow_rows(const SoftmaxJob& jb) {
-  alignas(64) float buf[C * W];
+  [[maybe_unused]] alignas(64) float buf[C * W];
   const int64_t full = jb.count / W * W;
   int64_t r0 = 0;
   for (; r0 < full; r0 += W) {
     const float* x = jb.x + r0 * C;
+    vf v[C];
+#ifdef XK_NARROW_SHUFFLES
+    if ((jb.count - r0 - W) * C >= 16) {
+      rows_to_columns<C>(x, v);
+    } else {  // the job's last block: read through a buffer, nothing past the job is touched
+      alignas(64) float padded[W * C + 16];
+      std::memcpy(padded, x, sizeof(float) * W * C);
+      rows_to_columns<C>(padded, v);
+    }
+#else
     for (int k = 0; k < W; ++k) {
       for (int c = 0; c < C; ++c) buf[c * W + k] = x[k * C + c];
     }
-    vf v[C];
+    for (int c = 0; c < C; ++c) v[c] = load(buf + c * W);
+#endif
     vi bad = splat_i(0);
-    for (int c = 0; c < C; ++c) {
-      v[c] = load(buf + c * W);
-      bad |= (v[c] != v[c]);
-    }
+    for (int c = 0; c < C; ++c) bad |= (v[c] != v[c]);
     vf m = v[0];
     for (int c = 1; c < C; ++c) m = max_keep(m, v[c]);
     if (any(bad | nonfinite(m))) break;
@@ -271,25 +358,30 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
     store(mx, m);
     finish_rows(W, other, ey, zy, jb.y + r0, jb.a + r0, jb.grad_scale, jb.cap, jb.loss + r0, f,
                 mx, jb.z_loss);
+    vf o[C];
+    const auto put = [&](float* dst) XK_INLINE_LAMBDA {
+#ifdef XK_NARROW_SHUFFLES
+      columns_to_rows<C>(o, dst);
+#else
+      for (int c = 0; c < C; ++c) store(buf + c * W, o[c]);
+      for (int k = 0; k < W; ++k) {
+        for (int c = 0; c < C; ++c) dst[k * C + c] = buf[c * W + k];
+      }
+#endif
+    };
     if (jb.prob) {
       const vf pinv = load(f.pinv);
-      for (int c = 0; c < C; ++c) store(buf + c * W, v[c] * pinv);
-      float* p = jb.prob + r0 * C;
-      for (int k = 0; k < W; ++k) {
-        for (int c = 0; c < C; ++c) p[k * C + c] = buf[c * W + k];
-      }
+      for (int c = 0; c < C; ++c) o[c] = v[c] * pinv;
+      put(jb.prob + r0 * C);
     }
     if (jb.diff) {
       const vf sc = load(f.scale), gy = load(f.gy);
       const vi skip = vy == splat_i(kSkip);
       for (int c = 0; c < C; ++c) {
         const vf g = sel(vy == splat_i(c), gy, v[c] * sc);
-        store(buf + c * W, sel(skip, splat(0.0f), g));
+        o[c] = sel(skip, splat(0.0f), g);
       }
-      float* d = jb.diff + r0 * C;
-      for (int k = 0; k < W; ++k) {
-        for (int c = 0; c < C; ++c) d[k * C + c] = buf[c * W + k];
-      }
+      put(jb.diff + r0 * C);
     }
   }
   if (r0 == jb.count) return r0;

@@ -97,10 +97,17 @@ def test_bench_peers_table(capsys, restore_threads, monkeypatch):
         if info["peers"]:
             assert row["best"] in info["peers"]
             assert row["best/xk"] == min(row[f"{p}/xk"] for p in info["peers"])
+            assert math.isclose(row["best/3_ns"], row[f"{row['best']}_ns"] / 3)
+        # the peers' exp passes (torch.exp, jitted jnp.exp), the fastest of them the bound
+        passes = [row[k] for k in ("texp_ns", "xexp_ns") if k in row]
+        assert len(passes) == ("eager" in info["peers"]) + ("jax" in info["peers"])
+        if passes:
+            assert row["vexp_ns"] == min(passes) > 0
+            assert math.isclose(row["best/3 / vexp"], row["best/3_ns"] / row["vexp_ns"])
     assert main(["bench", "--quick", "--repeat", "1", "--no-thread-scaling", "--no-torch",
                  "--no-linear", "--peers"]) == 0
     text = capsys.readouterr().out
-    assert "xk/floor" in text and "BCE loss+grad 256x1000" in text
+    assert "xk/floor" in text and "BCE loss+grad 256x1000" in text and "best/3 / vexp" in text
 
 
 def test_bench_peers_compile(restore_threads):

@@ -697,12 +697,13 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   }
   // The next groups' lines of each class row are fetched while these are computed in cache.
   const bool ahead = packed && g0 + 2 * G <= jb.count;
-  for (int64_t c = 0; c < C; ++c) {
-    const vi vc = splat_i(static_cast<int32_t>(c));
-    if (ahead) {
-      for (int q = 0; q < G; ++q) __builtin_prefetch(x + c * inner + S + q * W);
-    }
-    for (int q = 0; q < G; ++q) {
+  // Group by group over the classes (the pack is in L1): one group's sums, label values and
+  // labels stay in registers (all G groups' would not fit); each lane sums its classes in the
+  // same order either way.
+  for (int q = 0; q < G; ++q) {
+    for (int64_t c = 0; c < C; ++c) {
+      const vi vc = splat_i(static_cast<int32_t>(c));
+      if (ahead) __builtin_prefetch(x + c * inner + S + q * W);
       vf v = load(packed ? pack + c * S + q * W : x + c * inner + q * W);
       vf t = v;
       if constexpr (kCap) {
@@ -740,9 +741,9 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     gy[q] = load(f[q].gy);
     skip[q] = vy[q] == splat_i(kSkip);
   }
-  for (int64_t c = 0; c < C; ++c) {
-    const vi vc = splat_i(static_cast<int32_t>(c));
-    for (int q = 0; q < G; ++q) {
+  for (int q = 0; q < G; ++q) {
+    for (int64_t c = 0; c < C; ++c) {
+      const vi vc = splat_i(static_cast<int32_t>(c));
       vf e = load(packed ? pack + c * S + q * W : st + c * inner + q * W);
       vf dc = splat(1.0f);
       if constexpr (kCap) {

@@ -341,12 +341,20 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
     const vi vy = load_i(jb.y + r0);
     Acc acc;
     vf vey = splat(0.0f), vzy = splat(0.0f);
+    vf z[C];
+    for (int c = 0; c < C; ++c) z[c] = v[c] - m;
+    if constexpr (C == 2) {
+      // One of the two is the max, whose z is 0 and whose exp_nonpos is exactly 1: one exp
+      // per row, the same values.
+      const vf e = exp_nonpos(sel(z[0] < z[1], z[0], z[1]));
+      for (int c = 0; c < C; ++c) v[c] = sel(z[c] == splat(0.0f), splat(1.0f), e);
+    } else {
+      for (int c = 0; c < C; ++c) v[c] = exp_nonpos(z[c]);
+    }
     for (int c = 0; c < C; ++c) {
-      const vf z = v[c] - m;
-      v[c] = exp_nonpos(z);
       const vi at = vy == splat_i(c);
       vey = sel(at, v[c], vey);
-      vzy = sel(at, z, vzy);
+      vzy = sel(at, z[c], vzy);
       acc.add(sel(at, splat(0.0f), v[c]));
     }
     Finish f;

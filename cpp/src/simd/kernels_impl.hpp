@@ -228,11 +228,21 @@ int64_t softmax_rows_narrow_any(const SoftmaxJob& jb) {
 
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
-// The AVX2 build moves narrow rows in and out of the (C, 16) layout with 8x8 transposes in
-// registers: per 16 rows, 16 or 32 unaligned loads (or stores) and 24 shuffles per 8x8 block,
-// instead of 16 C scalar loads and stores through a buffer whose vector reloads cannot be
-// forwarded from the scalar stores. (The AVX-512 and baseline builds keep the scalar copy.)
+// The AVX2 build moves narrow rows in and out of the (C, 16) layout with 8x8
+// transposes in registers: per 16 rows, 16 or 32 unaligned loads (or stores) and 24 shuffles per
+// 8x8 block, instead of 16 C scalar loads and stores through a buffer whose vector reloads
+// cannot be forwarded from the scalar stores. (AVX-512 permutes lanes instead, below; the
+// baseline build keeps the scalar copy.)
 #define XK_NARROW_SHUFFLES 1
+
+/// The vector of lanes lo (0..7) and hi (8..15), and back.
+XK_INLINE vf join8(__m256 lo, __m256 hi) noexcept {
+  vf v;
+  v.p[0] = (nf)lo;
+  v.p[1] = (nf)hi;
+  return v;
+}
+XK_INLINE __m256 half8(const vf& v, int h) noexcept { return (__m256)v.p[h]; }
 
 /// r[j] (lane i = element i of row j) becomes column j: lane i = r[i][j].
 XK_INLINE void transpose8(__m256* r) noexcept {
@@ -269,10 +279,7 @@ XK_INLINE void rows_to_columns(const float* x, vf* v) noexcept {
     transpose8(b[h]);
     transpose8(b[h] + 8);
   }
-  for (int c = 0; c < C; ++c) {
-    v[c].p[0] = (nf)b[c / 8][c % 8];
-    v[c].p[1] = (nf)b[c / 8][8 + c % 8];
-  }
+  for (int c = 0; c < C; ++c) v[c] = join8(b[c / 8][c % 8], b[c / 8][8 + c % 8]);
 }
 
 /// The 16 rows of C floats at out from v[c] (lane k = row k). Row k is written as 8 (C > 8: 16)
@@ -285,8 +292,8 @@ XK_INLINE void columns_to_rows(const vf* v, float* out) noexcept {
   for (int h = 0; h < H; ++h) {
     for (int j = 0; j < 8; ++j) {
       const int c = 8 * h + j;
-      b[h][j] = c < C ? (__m256)v[c < C ? c : 0].p[0] : _mm256_setzero_ps();
-      b[h][8 + j] = c < C ? (__m256)v[c < C ? c : 0].p[1] : _mm256_setzero_ps();
+      b[h][j] = c < C ? half8(v[c < C ? c : 0], 0) : _mm256_setzero_ps();
+      b[h][8 + j] = c < C ? half8(v[c < C ? c : 0], 1) : _mm256_setzero_ps();
     }
     transpose8(b[h]);
     transpose8(b[h] + 8);
@@ -306,6 +313,90 @@ XK_INLINE void columns_to_rows(const vf* v, float* out) noexcept {
 }
 #endif
 
+#if defined(__AVX512F__)
+// The AVX-512 build moves a block of 16 rows of C <= 16 floats (C whole vectors) into C columns
+// with two-source lane permutes: column c lane k is float k C + c of the block, which lies in
+// the pair of vectors (2p, 2p + 1) with p = (k C + c) / 32. Each column takes one permute per
+// pair of input vectors, merged by lane masks, and each output vector one per pair of columns:
+// C ceil(C/2) permutes each way (C = 2: two), no load or store past the block.
+template <int C>
+struct NarrowPermutes {
+  static constexpr int P = (C + 1) / 2;  // pairs of vectors
+  int32_t in[C][P][W] = {};              // column c from the pair p of input vectors
+  uint16_t in_mask[C][P] = {};           // the lanes of column c that pair p holds
+  int32_t out[C][P][W] = {};             // output vector j from the pair p of columns
+  uint16_t out_mask[C][P] = {};
+  constexpr NarrowPermutes() {
+    for (int c = 0; c < C; ++c) {
+      for (int k = 0; k < W; ++k) {
+        const int q = k * C + c, p = q / 32;
+        in[c][p][k] = q - 32 * p;
+        in_mask[c][p] = static_cast<uint16_t>(in_mask[c][p] | (1u << k));
+      }
+    }
+    for (int j = 0; j < C; ++j) {
+      for (int i = 0; i < W; ++i) {
+        const int q = 16 * j + i, row = q / C, c = q % C, p = c / 2;
+        out[j][p][i] = row + 16 * (c - 2 * p);
+        out_mask[j][p] = static_cast<uint16_t>(out_mask[j][p] | (1u << i));
+      }
+    }
+  }
+};
+template <int C>
+inline constexpr NarrowPermutes<C> kNarrowPermutes{};
+
+/// Every pair (2p, 2p + 1) of v (the last one, for odd n, is (n - 1, n - 1)) permuted by
+/// idx[p] and merged lane by lane under mask[p]; each lane comes from exactly one pair.
+template <int n>
+XK_INLINE __m512 gather_pairs(const __m512* v, const int32_t (*idx)[W],
+                              const uint16_t* mask) noexcept {
+  __m512 r = _mm512_permutex2var_ps(v[0], _mm512_loadu_si512(idx[0]), v[n > 1 ? 1 : 0]);
+  for (int p = 1; p < (n + 1) / 2; ++p) {
+    const __m512 t = _mm512_permutex2var_ps(v[2 * p], _mm512_loadu_si512(idx[p]),
+                                            v[2 * p + 1 < n ? 2 * p + 1 : 2 * p]);
+    r = _mm512_mask_blend_ps(static_cast<__mmask16>(mask[p]), r, t);
+  }
+  return r;
+}
+
+template <int C>
+XK_INLINE void rows_to_columns(const float* x, vf* v) noexcept {
+  constexpr const NarrowPermutes<C>& T = kNarrowPermutes<C>;
+  __m512 in[C];
+  for (int j = 0; j < C; ++j) in[j] = _mm512_loadu_ps(x + W * j);
+  for (int c = 0; c < C; ++c) v[c].p[0] = (nf)gather_pairs<C>(in, T.in[c], T.in_mask[c]);
+}
+
+template <int C>
+XK_INLINE void columns_to_rows(const vf* v, float* out) noexcept {
+  constexpr const NarrowPermutes<C>& T = kNarrowPermutes<C>;
+  __m512 col[C];
+  for (int c = 0; c < C; ++c) col[c] = (__m512)v[c].p[0];
+  for (int j = 0; j < C; ++j) {
+    _mm512_storeu_ps(out + W * j, gather_pairs<C>(col, T.out[j], T.out_mask[j]));
+  }
+}
+#define XK_NARROW_PERMUTES 1
+#endif
+
+/// The 16 rows of C floats at x as C columns (lane k = row k), and back, by scalar copies
+/// through buf (C W floats).
+template <int C>
+XK_INLINE void rows_to_columns_copy(const float* x, vf* v, float* buf) noexcept {
+  for (int k = 0; k < W; ++k) {
+    for (int c = 0; c < C; ++c) buf[c * W + k] = x[k * C + c];
+  }
+  for (int c = 0; c < C; ++c) v[c] = load(buf + c * W);
+}
+template <int C>
+XK_INLINE void columns_to_rows_copy(const vf* v, float* out, float* buf) noexcept {
+  for (int c = 0; c < C; ++c) store(buf + c * W, v[c]);
+  for (int k = 0; k < W; ++k) {
+    for (int c = 0; c < C; ++c) out[k * C + c] = buf[c * W + k];
+  }
+}
+
 /// Rows of exactly C (2..16) classes, 16 rows at a time, C known to the compiler: the block is
 /// transposed into C vectors (lane k = row k) that stay in registers through the max, the exps
 /// and the gradient, which is transposed back once. The same operations in the same order as
@@ -314,12 +405,23 @@ XK_INLINE void columns_to_rows(const vf* v, float* out) noexcept {
 template <int C>
 int64_t narrow_rows(const SoftmaxJob& jb) {
   [[maybe_unused]] alignas(64) float buf[C * W];
+#if defined(XK_NARROW_PERMUTES)
+  // Rows of 16 (a vector each) keep the scalar copy: there the 128 permutes each way cost more
+  // (65536x16, one core of a Xeon with AVX-512: 0.77 ns per element copied, 1.06 permuted).
+  constexpr bool kPermute = C < 16;
+#endif
   const int64_t full = jb.count / W * W;
   int64_t r0 = 0;
   for (; r0 < full; r0 += W) {
     const float* x = jb.x + r0 * C;
     vf v[C];
-#ifdef XK_NARROW_SHUFFLES
+#if defined(XK_NARROW_PERMUTES)
+    if constexpr (kPermute) {
+      rows_to_columns<C>(x, v);
+    } else {
+      rows_to_columns_copy<C>(x, v, buf);
+    }
+#elif defined(XK_NARROW_SHUFFLES)
     if ((jb.count - r0 - W) * C >= 16) {
       rows_to_columns<C>(x, v);
     } else {  // the job's last block: read through a buffer, nothing past the job is touched
@@ -328,10 +430,7 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
       rows_to_columns<C>(padded, v);
     }
 #else
-    for (int k = 0; k < W; ++k) {
-      for (int c = 0; c < C; ++c) buf[c * W + k] = x[k * C + c];
-    }
-    for (int c = 0; c < C; ++c) v[c] = load(buf + c * W);
+    rows_to_columns_copy<C>(x, v, buf);
 #endif
     vi bad = splat_i(0);
     for (int c = 0; c < C; ++c) bad |= (v[c] != v[c]);
@@ -368,13 +467,16 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
                 mx, jb.z_loss);
     vf o[C];
     const auto put = [&](float* dst) XK_INLINE_LAMBDA {
-#ifdef XK_NARROW_SHUFFLES
+#if defined(XK_NARROW_PERMUTES)
+      if constexpr (kPermute) {
+        columns_to_rows<C>(o, dst);
+      } else {
+        columns_to_rows_copy<C>(o, dst, buf);
+      }
+#elif defined(XK_NARROW_SHUFFLES)
       columns_to_rows<C>(o, dst);
 #else
-      for (int c = 0; c < C; ++c) store(buf + c * W, o[c]);
-      for (int k = 0; k < W; ++k) {
-        for (int c = 0; c < C; ++c) dst[k * C + c] = buf[c * W + k];
-      }
+      columns_to_rows_copy<C>(o, dst, buf);
 #endif
     };
     if (jb.prob) {

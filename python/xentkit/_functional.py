@@ -321,11 +321,13 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     (a Python float, or for "none" an array of the input's shape without the class dimension), or
     ``(loss, grad)``.
     """
-    if (weight is None and (grad is False or grad is True) and type(reduction) is str
+    if (weight is None and (grad is False or grad is True or type(grad) is np.ndarray)
+            and type(reduction) is str
             and type(ignore_index) is int and ignore_index == -100
             and type(label_smoothing) is float and label_smoothing == 0.0
             and type(z_loss) is float and z_loss == 0.0 and softcap is None):
-        # The short path: an (N, C) float ndarray and int64 (N,) targets, nothing else.
+        # The short path: an (N, C) float ndarray and int64 (N,) targets, nothing else (a
+        # gradient array of the input's shape and dtype, in place or apart from the inputs).
         red = _SHORT_REDUCTIONS.get(reduction)
         if red is not None:
             out = _core.cross_entropy_small(input, target, red, grad)

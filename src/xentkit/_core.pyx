@@ -344,9 +344,18 @@ cdef double _ce_call(Py_buffer* xb, Py_buffer* tb, Py_buffer* gb, int kind, int 
     return rd
 
 
-def cross_entropy_small(object input, object target, int reduction, bint want_grad):
-    """cross_entropy(input, target, reduction=mean|sum[, grad=True]) for the plain case, or None."""
+cdef inline bint _overlap(Py_buffer* a, Py_buffer* b) noexcept:
+    cdef const char* pa = <const char*>a.buf
+    cdef const char* pb = <const char*>b.buf
+    return a.len > 0 and b.len > 0 and pa < pb + b.len and pb < pa + a.len
+
+
+def cross_entropy_small(object input, object target, int reduction, object grad_arg):
+    """cross_entropy(input, target, reduction=mean|sum, grad=False|True|array) for the plain
+    case, or None (the caller then takes the general path, which also reports every error)."""
     if type(input) is not _ndarray_type or type(target) is not _ndarray_type:
+        return None
+    if not (grad_arg is False or grad_arg is True or type(grad_arg) is _ndarray_type):
         return None
     cdef Py_buffer xb
     cdef Py_buffer tb
@@ -367,11 +376,21 @@ def cross_entropy_small(object input, object target, int reduction, bint want_gr
             if (xb.ndim != 2 or kind == 0 or kind == 3 or tb.ndim != 1 or _format_code(&tb) != 3
                     or tb.shape[0] != xb.shape[0] or xb.shape[0] == 0 or xb.shape[1] == 0):
                 return None
-            if not want_grad:
+            if grad_arg is False:
                 return _ce_call(&xb, &tb, NULL, kind, reduction)
-            grad = _empty_like(input)
-            PyObject_GetBuffer(grad, &gb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            grad = _empty_like(input) if grad_arg is True else grad_arg
             try:
+                PyObject_GetBuffer(grad, &gb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)
+            except (BufferError, ValueError):
+                return None
+            try:
+                # A given array: the input's shape and dtype, and either the input itself (in
+                # place) or apart from the input and the target.
+                if grad_arg is not True and (
+                        gb.ndim != 2 or gb.shape[0] != xb.shape[0] or gb.shape[1] != xb.shape[1]
+                        or _format_code(&gb) != kind or _overlap(&gb, &tb)
+                        or (_overlap(&gb, &xb) and gb.buf != xb.buf)):
+                    return None
                 value = _ce_call(&xb, &tb, &gb, kind, reduction)
             finally:
                 PyBuffer_Release(&gb)

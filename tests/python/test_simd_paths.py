@@ -349,6 +349,75 @@ def test_short_path_errors_and_unusual_arrays():
     assert np.array_equal(t, [0, 4, 2]) and x.flags.writeable
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_short_path_with_a_gradient_array(dtype, reduction):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(37, 9)).astype(dtype)
+    t = rng.integers(0, 9, size=37)
+    t[::5] = -100
+    want_l, want_g = ref.cross_entropy(x, t, reduction=reduction)
+    slow_l, slow_g = xentkit.cross_entropy(x, t, reduction=reduction, label_smoothing=0,
+                                           grad=True)
+    out = np.full_like(x, np.nan)
+    loss, g = xentkit.cross_entropy(x, t, reduction=reduction, grad=out)
+    assert g is out and type(loss) is float and loss == slow_l
+    assert out.tobytes() == slow_g.tobytes()
+    _close(loss, want_l, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    _close(out, want_g, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-9)
+    # In place: the input itself.
+    xi = x.copy()
+    loss_i, g_i = xentkit.cross_entropy(xi, t, reduction=reduction, grad=xi)
+    assert g_i is xi and loss_i == loss and xi.tobytes() == slow_g.tobytes()
+
+
+def test_short_path_gradient_array_errors_match_the_general_path():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    t = rng.integers(0, 4, size=6)
+    big = np.zeros((6, 8), np.float32)
+    ro = np.zeros_like(x)
+    ro.flags.writeable = False
+    cases = [
+        np.zeros((6, 5), np.float32),                  # shape
+        np.zeros((6, 4), np.float64),                  # dtype
+        np.zeros((4, 6), np.float32).T,                # not C-contiguous
+        big[:, ::2],                                   # a strided view
+        ro,                                            # read-only
+        np.zeros((6, 4), ">f4"),                       # big-endian
+        np.zeros((24,), np.float32),                   # flat
+    ]
+    for bad in cases:
+        with pytest.raises(ValueError) as fast_err:
+            xentkit.cross_entropy(x, t, grad=bad)
+        with pytest.raises(ValueError) as slow_err:
+            xentkit.cross_entropy(x, t, grad=bad, label_smoothing=0)
+        assert str(fast_err.value) == str(slow_err.value)
+    # Overlapping the input (but not the input itself), or the target's bytes.
+    buf = np.zeros((7, 4), np.float32)
+    buf[:6] = x
+    for xx, gg in [(buf[:6], buf[1:]), (buf[1:], buf[:6])]:
+        with pytest.raises(ValueError, match="overlap"):
+            xentkit.cross_entropy(xx, t, grad=gg)
+    # The target's bytes: the labels tt[:6] and, apart from them, tt[6:] seen as float32.
+    x2 = rng.normal(size=(6, 2)).astype(np.float32)
+    tt = np.zeros(12, np.int64)
+    tt[:6] = rng.integers(0, 2, size=6)
+    with pytest.raises(ValueError, match="overlap"):
+        xentkit.cross_entropy(x2, tt[:6], grad=tt.view(np.float32)[:12].reshape(6, 2))
+    with pytest.raises(ValueError, match="overlap"):
+        xentkit.cross_entropy(x2, tt[:6], grad=tt.view(np.float32)[10:22].reshape(6, 2))
+    apart = tt.view(np.float32)[12:24].reshape(6, 2)
+    loss, g = xentkit.cross_entropy(x2, tt[:6], grad=apart)
+    slow_l, slow_g = xentkit.cross_entropy(x2, tt[:6].copy(), grad=True, label_smoothing=0)
+    assert g is apart and loss == slow_l and apart.tobytes() == slow_g.tobytes()
+    # A bad label still names itself, and nothing is written to the given array.
+    out = np.full_like(x, 7.0)
+    with pytest.raises(xentkit.LabelError):
+        xentkit.cross_entropy(x, np.array([0, 1, 2, 3, 4, 0]), grad=out)
+    assert np.all(out == 7.0)
+
+
 # ---- accuracy of a long float32 sum -----------------------------------------------------------
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 // The thread count and the shared worker pool of the CPU kernels.
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -8,6 +9,15 @@
 #include <system_error>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#define XENTKIT_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define XENTKIT_PAUSE() __asm__ __volatile__("yield")
+#else
+#define XENTKIT_PAUSE() ((void)0)
+#endif
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
@@ -36,10 +46,29 @@ std::atomic<int>& thread_count() noexcept {
   return count;
 }
 
+/// True once done() holds, polling for up to `us` microseconds (a pause between polls).
+template <typename Done>
+bool spin_until(Done done, int us) noexcept {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      XENTKIT_PAUSE();
+    }
+    if (std::chrono::steady_clock::now() >= end) return done();
+  }
+}
+
 /// Workers that sleep between calls. One call at a time uses them (a second concurrent call
 /// runs on its own thread); workers are started when a call first asks for them and live until
-/// the process ends.
+/// the process ends. A worker polls for the next call for kSpinMicros after each one before it
+/// sleeps, and the calling thread polls for its helpers as long before it sleeps: waking a
+/// sleeping thread costs 50-200 us on a virtual machine, as much as a whole call of a few
+/// hundred thousand elements.
 class Pool {
+  static constexpr int kSpinMicros = 1000;
+
+
  public:
   void run(int64_t n_blocks, int threads, void (*fn)(const void*, int64_t), const void* ctx) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
@@ -60,8 +89,11 @@ class Pool {
     }
     wake_.notify_all();
     take(fn, ctx, n_blocks);
+    if (spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; }, kSpinMicros)) {
+      return;
+    }
     std::unique_lock<std::mutex> lk(m_);
-    done_.wait(lk, [&] { return pending_ == 0; });
+    done_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
   }
 
  private:
@@ -88,8 +120,14 @@ class Pool {
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lk(m_);
     for (;;) {
-      wake_.wait(lk, [&] { return generation_ != seen; });
-      seen = generation_;
+      if (generation_.load(std::memory_order_relaxed) == seen) {
+        lk.unlock();
+        spin_until([&] { return generation_.load(std::memory_order_relaxed) != seen; },
+                   kSpinMicros);
+        lk.lock();
+      }
+      wake_.wait(lk, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+      seen = generation_.load(std::memory_order_relaxed);
       if (index >= helpers_) continue;
       const auto fn = fn_;
       const void* ctx = ctx_;
@@ -97,7 +135,7 @@ class Pool {
       lk.unlock();
       take(fn, ctx, n);
       lk.lock();
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) done_.notify_one();
     }
   }
 
@@ -105,9 +143,10 @@ class Pool {
   std::mutex m_;                    // guards the fields below
   std::condition_variable wake_, done_;
   size_t workers_ = 0;              // started workers (only the busy_ holder changes it)
-  uint64_t generation_ = 0;         // one per call
-  int helpers_ = 0;                 // workers taking part in the current call
-  int pending_ = 0;                 // of those, still running
+  // Changed under m_ only; atomic so that spinning threads may poll them without it.
+  std::atomic<uint64_t> generation_{0};  // one per call
+  int helpers_ = 0;                      // workers taking part in the current call
+  std::atomic<int> pending_{0};          // of those, still running
   void (*fn_)(const void*, int64_t) = nullptr;
   const void* ctx_ = nullptr;
   int64_t n_blocks_ = 0;

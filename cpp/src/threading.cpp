@@ -19,6 +19,9 @@
 #define XENTKIT_PAUSE() ((void)0)
 #endif
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
 #define XENTKIT_HAVE_ATFORK 1
@@ -31,14 +34,27 @@
 namespace xentkit {
 namespace {
 
+int available_cpus() noexcept {
+#if defined(__linux__)
+  // The CPUs this process may run on (taskset, cgroup cpusets), not all the machine has.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n >= 1) return n;
+  }
+#endif
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
 int initial_threads() noexcept {
   if (const char* env = std::getenv("XENTKIT_NUM_THREADS")) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
     if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
   }
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
+  return available_cpus();
 }
 
 std::atomic<int>& thread_count() noexcept {
@@ -46,15 +62,19 @@ std::atomic<int>& thread_count() noexcept {
   return count;
 }
 
-/// True once done() holds, polling for up to `us` microseconds (a pause between polls).
+/// True once done() holds, polling for up to `us` microseconds: a few polls a pause apart, then
+/// polls that yield the CPU in between (so that a thread sharing this CPU, as when there are
+/// more threads than CPUs, runs instead of waiting for the poller's time slice to end).
 template <typename Done>
 bool spin_until(Done done, int us) noexcept {
+  for (int i = 0; i < 64; ++i) {
+    if (done()) return true;
+    XENTKIT_PAUSE();
+  }
   const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
   for (;;) {
-    for (int i = 0; i < 64; ++i) {
-      if (done()) return true;
-      XENTKIT_PAUSE();
-    }
+    if (done()) return true;
+    std::this_thread::yield();
     if (std::chrono::steady_clock::now() >= end) return done();
   }
 }

@@ -1,6 +1,9 @@
 // Thread counts: results are bit-identical whatever the number of threads, on inputs large
 // enough to be split across threads; the initial count follows XENTKIT_NUM_THREADS.
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -112,8 +115,16 @@ TYPED_TEST(Deterministic, SigmoidIsBitIdenticalAcrossThreadCounts) {
 TEST(ThreadCount, InitialCountFollowsTheEnvironment) {
   // Runs before any test of this process changes the count, or after they restored it.
   const char* env = std::getenv("XENTKIT_NUM_THREADS");
+  // The CPUs the process may run on (its affinity mask), where the platform has one.
   const unsigned hw = std::thread::hardware_concurrency();
-  const int fallback = hw == 0 ? 1 : int(hw);
+  int fallback = hw == 0 ? 1 : int(hw);
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) >= 1) {
+    fallback = CPU_COUNT(&set);
+  }
+#endif
   int expected = fallback;
   if (env != nullptr) {
     char* end = nullptr;

@@ -217,3 +217,37 @@ def test_resident_memory_stays_flat_over_many_calls():
     run(100_000)
     growth = _rss_bytes() - start
     assert growth < 4 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB over 1e5 calls"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_default_thread_count_is_the_cpus_the_process_may_use():
+    # A process pinned to one CPU (taskset -c 0, a one-CPU cpuset) starts with one thread, so
+    # its calls never wait on a second thread that has no CPU of its own; the results are the
+    # same either way.
+    import hashlib
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('XENTKIT_NUM_THREADS', None)\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "import hashlib, numpy as np, xentkit\n"
+        "x = np.random.default_rng(0).normal(size=(70000, 10)).astype(np.float32)\n"
+        "t = np.random.default_rng(1).integers(0, 10, 70000)\n"
+        "l, g = xentkit.cross_entropy(x, t, grad=True)\n"
+        "sys.stdout.write(f'{xentkit.get_num_threads()} {l!r} {hashlib.sha256(g.tobytes()).hexdigest()}')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XENTKIT_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True, timeout=120).stdout.split()
+    assert out[0] == "1"
+    x = np.random.default_rng(0).normal(size=(70000, 10)).astype(np.float32)
+    t = np.random.default_rng(1).integers(0, 10, 70000)
+    before = xentkit.get_num_threads()
+    try:
+        xentkit.set_num_threads(2)
+        loss, grad = xentkit.cross_entropy(x, t, grad=True)
+    finally:
+        xentkit.set_num_threads(before)
+    assert out[1] == repr(loss) and out[2] == hashlib.sha256(grad.tobytes()).hexdigest()

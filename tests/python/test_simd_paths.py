@@ -61,9 +61,10 @@ def test_every_narrow_class_count(level, channels):
     above) and 100, 150: 53 rows (three blocks of 16 and a tail), weighted, ignored labels, a row
     with a NaN and one with -inf inside a full block, loss, gradient and softmax against float64,
     the gradient written in place equal to the one written apart;
-    and for C <= 16 the rows of the full blocks without a NaN (0-15, 32-47) equal, bit for bit,
-    the same logits laid out as positions (class axis 1 of (1, C, 53)): the positions kernel runs
-    the same operations in the same order (tails and NaN blocks take other, equally exact, paths)."""
+    and for 3 <= C <= 16 the rows of the full blocks without a NaN (0-15, 32-47) equal, bit for
+    bit, the same logits laid out as positions (class axis 1 of (1, C, 53)): the positions kernel
+    runs the same operations in the same order (tails and NaN blocks take other, equally exact,
+    paths). Rows of two take the logistic form instead (test_two_class_rows_are_logistic)."""
     rng = np.random.default_rng(1000 + channels)
     n = 53
     x = (rng.normal(size=(n, channels)) * 3).astype(np.float32)
@@ -97,12 +98,69 @@ def test_every_narrow_class_count(level, channels):
     z = x[finite].astype(np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     _close(p, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-8)
-    if channels <= 16:
+    if 3 <= channels <= 16:
         xp = np.ascontiguousarray(x.T[None])
         lp, gp = xentkit.cross_entropy(xp, t[None], w, reduction="none", grad=True)
         same = np.r_[0:16, 32:48]
         assert np.array_equal(lp[0][same], loss[same])
         assert np.array_equal(gp[0].T[same], grad[same])
+
+
+def _logistic_reference(x, t, w=None):
+    """Two-class cross entropy per row from d = x[other] - x[label] rounded to float32 (as any
+    float32 kernel must form it), then in float64: loss max(d, 0) + log1p(exp(-|d|)), gradient
+    +-sigmoid(d) (relative precision kept where it is tiny); ignored rows 0."""
+    n = len(t)
+    keep = t >= 0
+    tl = np.where(keep, t, 0)
+    d = (x[np.arange(n), 1 - tl] - x[np.arange(n), tl]).astype(np.float32).astype(np.float64)
+    loss = np.maximum(d, 0) + np.log1p(np.exp(-np.abs(d)))
+    p = np.where(d > 0, 1 / (1 + np.exp(-d)), np.exp(d) / (1 + np.exp(d)))
+    a = np.ones(n) if w is None else w.astype(np.float64)[tl]
+    grad = np.zeros((n, 2))
+    grad[np.arange(n), 1 - tl] = p * a
+    grad[np.arange(n), tl] = -p * a
+    return np.where(keep, loss * a, 0.0), np.where(keep[:, None], grad, 0.0)
+
+
+@pytest.mark.parametrize("scale", [0.5, 4, 40])
+def test_two_class_rows_are_logistic(level, scale):
+    """Rows of two classes (binary classifiers) against the float64 logistic form within a few
+    float32 ulps, also where p[other] is tiny (the gradient at the label keeps its relative
+    precision, no 1 - p cancellation), with weights and ignored rows, in place equal to apart,
+    and the mean equal to the sum of the per-row losses over the kept weight."""
+    rng = np.random.default_rng(int(scale * 10))
+    n = 16 * 40 + 5
+    x = (rng.normal(size=(n, 2)) * scale).astype(np.float32)
+    x[3] = [0.0, 85.0]    # -log p = 85, p[label] = e^-85 (near FLT_MIN)
+    x[4] = [30.0, 0.0]    # p[other] = e^-30: a tiny gradient
+    x[5] = [-1e-3, 1e-3]
+    t = rng.integers(0, 2, size=n)
+    t[3:6] = 0
+    t[::9] = -100
+    t[3:6] = 0
+    w = np.array([0.75, 2.5], np.float32)
+    loss, grad = xentkit.cross_entropy(x, t, w, reduction="none", grad=True)
+    want_loss, want_grad = _logistic_reference(x, t, w)
+    tiny = 1.2e-38 * 3  # exp underflows to 0 below FLT_MIN's range (|d| > 87.3)
+    np.testing.assert_allclose(loss, want_loss, rtol=8 * 2.0**-24, atol=tiny)
+    np.testing.assert_allclose(grad, want_grad, rtol=8 * 2.0**-24, atol=tiny)
+    assert grad[4, 1] > 0 and abs(grad[4, 1] / want_grad[4, 1] - 1) < 1e-6
+    assert loss[3] == pytest.approx(85.0 * 0.75, rel=1e-7)
+    assert np.all(grad[t < 0] == 0) and not np.signbit(grad[t < 0]).any()
+    xi = x.copy()
+    li, gi = xentkit.cross_entropy(xi, t, w, reduction="none", grad=xi)
+    assert gi is xi and np.array_equal(li, loss) and np.array_equal(gi, grad)
+    mean, gm = xentkit.cross_entropy(x, t, w, grad=True)
+    kept = w.astype(np.float64)[t[t >= 0]].sum()
+    assert mean == pytest.approx(want_loss.sum() / kept, rel=1e-6)
+    np.testing.assert_allclose(gm, want_grad / kept, rtol=1e-6, atol=tiny)
+    # Caffe's layer caps -log p at -log(FLT_MIN) and keeps the gradient uncapped.
+    xc = np.array([[0.0, 120.0]] * 16 + [[1.0, 0.0]] * 16, np.float32)
+    lc, dc = xentkit.softmax_with_loss(xc, np.zeros(32, np.int64), normalization="none")
+    assert lc == pytest.approx(16 * -np.log(np.finfo(np.float32).tiny) + 16 * np.log1p(np.exp(-1.0)),
+                               rel=1e-6)
+    assert np.all(dc[:16] == [-1.0, 1.0])
 
 
 @pytest.mark.parametrize("rows", [16 * 700, 16 * 700 + 9])

@@ -75,6 +75,22 @@ XK_INLINE vf tanh_v(vf u) noexcept {
   return sel(neg, -r, r);
 }
 
+/// log1p(e) for e in [0, 1]: e q(e), q a degree-9 polynomial fitted to log1p(e) / e on [0, 1]
+/// (within 1.9e-7 relative in float32, no division).
+XK_INLINE vf log1p_unit(vf e) noexcept {
+  vf q = splat(-0.0032140363473445177f);
+  q = q * e + 0.019649166613817215f;
+  q = q * e + -0.056435029953718185f;
+  q = q * e + 0.10533228516578674f;
+  q = q * e + -0.1525145173072815f;
+  q = q * e + 0.19651491940021515f;
+  q = q * e + -0.24947808682918549f;
+  q = q * e + 0.3332909941673279f;
+  q = q * e + -0.4999985098838806f;
+  q = q * e + 1.0f;
+  return e * q;
+}
+
 /// Losses, 1/sum and the gradient scales of `n` <= W rows from their sums.
 struct Finish {
   float pinv[W];   // 1 / sum, for the softmax
@@ -397,6 +413,40 @@ XK_INLINE void columns_to_rows_copy(const vf* v, float* out, float* buf) noexcep
   }
 }
 
+/// Sixteen rows of two classes (v[0], v[1]: lane k = row k; finite) with labels vy, as a
+/// logistic loss: with d = x[other] - x[label], -log p[label] = max(d, 0) + log1p(exp(-|d|)) and
+/// p[other] = sigmoid(d), from one exp, one division and a polynomial; p[other] keeps its
+/// relative precision where it is tiny (the gradient at the label, -p[other], included).
+/// Writes the rows' losses and, when asked, their gradients (no z-loss, no softmax output).
+template <int C>
+XK_INLINE void binary_rows(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy) noexcept;
+template <>
+XK_INLINE void binary_rows<2>(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy) noexcept {
+  const vi one = vy == splat_i(1);
+  const vi labelled = vy >= splat_i(0);
+  const vf d = sel(one, v[0] - v[1], v[1] - v[0]);
+  const vi pos = d > splat(0.0f);
+  const vf e = exp_nonpos(sel(pos, -d, d));  // exp(-|d|)
+  const vf r = 1.0f / (e + 1.0f);
+  const vf p_other = sel(pos, r, e * r);
+  const vf nll = sel(pos, d, splat(0.0f)) + log1p_unit(e);
+  const vd va = load_d(jb.a + r0);
+  const vd nd = widen(nll);
+  const vd capped = sel(nd > splat_d(jb.cap), splat_d(jb.cap), nd);
+  store_d(jb.loss + r0, sel(wide_mask(labelled), capped * va, splat_d(0.0)));
+  if (!jb.diff) return;
+  const vf g = p_other * narrow(va * jb.grad_scale);
+  vf o[2];
+  o[0] = sel(labelled, sel(one, g, -g), splat(0.0f));
+  o[1] = sel(labelled, sel(one, -g, g), splat(0.0f));
+#if defined(XK_NARROW_PERMUTES) || defined(XK_NARROW_SHUFFLES)
+  columns_to_rows<2>(o, jb.diff + r0 * 2);
+#else
+  alignas(64) float buf[2 * W];
+  columns_to_rows_copy<2>(o, jb.diff + r0 * 2, buf);
+#endif
+}
+
 /// Rows of exactly C (2..16) classes, 16 rows at a time, C known to the compiler: the block is
 /// transposed into C vectors (lane k = row k) that stay in registers through the max, the exps
 /// and the gradient, which is transposed back once. The same operations in the same order as
@@ -411,6 +461,9 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
   constexpr bool kPermute = C < 16;
 #endif
   const int64_t full = jb.count / W * W;
+  // Two classes without z-loss or softmax output: the binary form (one exp, no division but
+  // one, no double-precision sums).
+  [[maybe_unused]] const bool binary = C == 2 && jb.z_loss == 0.0 && jb.prob == nullptr;
   int64_t r0 = 0;
   for (; r0 < full; r0 += W) {
     const float* x = jb.x + r0 * C;
@@ -438,6 +491,12 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
     for (int c = 1; c < C; ++c) m = max_keep(m, v[c]);
     if (any(bad | nonfinite(m))) break;
     const vi vy = load_i(jb.y + r0);
+    if constexpr (C == 2) {
+      if (binary) {
+        binary_rows<C>(jb, r0, v, vy);
+        continue;
+      }
+    }
     Acc acc;
     vf vey = splat(0.0f), vzy = splat(0.0f);
     vf z[C];
@@ -897,21 +956,6 @@ int64_t softmax_positions(const SoftmaxJob& jb) {
   return jb.softcap > 0.0 ? positions_impl<true>(jb) : positions_impl<false>(jb);
 }
 
-/// log1p(e) for e in [0, 1]: e q(e), q a degree-9 polynomial fitted to log1p(e) / e on [0, 1]
-/// (within 1.9e-7 relative in float32, no division).
-XK_INLINE vf log1p_unit(vf e) noexcept {
-  vf q = splat(-0.0032140363473445177f);
-  q = q * e + 0.019649166613817215f;
-  q = q * e + -0.056435029953718185f;
-  q = q * e + 0.10533228516578674f;
-  q = q * e + -0.1525145173072815f;
-  q = q * e + 0.19651491940021515f;
-  q = q * e + -0.24947808682918549f;
-  q = q * e + 0.3332909941673279f;
-  q = q * e + -0.4999985098838806f;
-  q = q * e + 1.0f;
-  return e * q;
-}
 
 int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   const int64_t full = jb.n / W * W;

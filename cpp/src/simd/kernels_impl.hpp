@@ -91,6 +91,30 @@ XK_INLINE vf log1p_unit(vf e) noexcept {
   return e * q;
 }
 
+/// A per-lane sum of the exps of one position's (or row's) classes: float partial sums of 8
+/// classes at a time, each added to a double sum. Every e is in [0, 1] and the max's is 1, so a
+/// partial sum is within 8 float roundings (5e-7) of its exact value; the double sum adds no
+/// error of its own that matters. The same classes in the same order give the same bits.
+struct ClassSum {
+  Acc total;
+  vf part = splat(0.0f);
+  int n = 0;
+  XK_INLINE void add(vf e) noexcept {
+    part = part + e;
+    if (++n == 8) {
+      total.add(part);
+      part = splat(0.0f);
+      n = 0;
+    }
+  }
+  /// The 16 lanes' sums (the last partial sum added; adding 0 changes nothing).
+  XK_INLINE void lanes(double* out) const noexcept {
+    Acc t = total;
+    t.add(part);
+    t.lanes(out);
+  }
+};
+
 /// Losses, 1/sum and the gradient scales of `n` <= W rows from their sums.
 struct Finish {
   float pinv[W];   // 1 / sum, for the softmax
@@ -497,7 +521,7 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
         continue;
       }
     }
-    Acc acc;
+    ClassSum acc;
     vf vey = splat(0.0f), vzy = splat(0.0f);
     vf z[C];
     for (int c = 0; c < C; ++c) z[c] = v[c] - m;
@@ -856,7 +880,7 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     for (int q = 0; q < G; ++q) vm[q] = tanh_v(vm[q] * vinv) * vcs;
   }
   float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
-  Acc acc[G];
+  ClassSum acc[G];
   vf vey[G], vzy[G];  // e and x - max at the label (x read before any in-place write)
   vi vy[G];
   for (int q = 0; q < G; ++q) {
@@ -870,6 +894,12 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   // labels stay in registers (all G groups' would not fit); each lane sums its classes in the
   // same order either way.
   for (int q = 0; q < G; ++q) {
+    // This group's running values as locals (the compiler keeps them in registers; indexed by
+    // q they went through memory every class, a store-to-load chain per add).
+    const vf m = vm[q];
+    const vi y = vy[q];
+    vf ey = vey[q], zy = vzy[q];
+    ClassSum sum = acc[q];
     for (int64_t c = 0; c < C; ++c) {
       const vi vc = splat_i(static_cast<int32_t>(c));
       if (ahead) __builtin_prefetch(x + c * inner + S + q * W);
@@ -879,14 +909,17 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
         t = tanh_v(v * vinv);
         v = t * vcs;
       }
-      const vf z = v - vm[q];
+      const vf z = v - m;
       const vf e = exp_nonpos(z);
       if (st) store(packed ? pack + c * S + q * W : st + c * inner + q * W, kCap ? t : e);
-      const vi at = vy[q] == vc;
-      vey[q] = sel(at, e, vey[q]);
-      vzy[q] = sel(at, z, vzy[q]);
-      acc[q].add(sel(at, splat(0.0f), e));
+      const vi at = y == vc;
+      ey = sel(at, e, ey);
+      zy = sel(at, z, zy);
+      sum.add(sel(at, splat(0.0f), e));
     }
+    vey[q] = ey;
+    vzy[q] = zy;
+    acc[q] = sum;
   }
   Finish f[G];
   for (int q = 0; q < G; ++q) {
@@ -911,20 +944,22 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     skip[q] = vy[q] == splat_i(kSkip);
   }
   for (int q = 0; q < G; ++q) {
+    const vf m = vm[q], pv = pinv[q], scv = sc[q], gyv = gy[q];
+    const vi y = vy[q], sk = skip[q];
     for (int64_t c = 0; c < C; ++c) {
       const vi vc = splat_i(static_cast<int32_t>(c));
       vf e = load(packed ? pack + c * S + q * W : st + c * inner + q * W);
       vf dc = splat(1.0f);
       if constexpr (kCap) {
         const vf t = e;
-        e = exp_nonpos(t * vcs - vm[q]);
+        e = exp_nonpos(t * vcs - m);
         dc = 1.0f - t * t;
       }
-      if (p) store(p + c * inner + q * W, e * pinv[q]);
+      if (p) store(p + c * inner + q * W, e * pv);
       if (d) {
-        vf gv = sel(vy[q] == vc, gy[q], e * sc[q]);
+        vf gv = sel(y == vc, gyv, e * scv);
         if constexpr (kCap) gv = gv * dc;
-        store(d + c * inner + q * W, sel(skip[q], splat(0.0f), gv));
+        store(d + c * inner + q * W, sel(sk, splat(0.0f), gv));
       }
     }
   }

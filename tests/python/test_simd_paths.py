@@ -349,6 +349,24 @@ def test_sigmoid_agrees_with_reference(level, n):
     _close(diff.reshape(-1), caffe_ref.stable_sigmoid(x) - t, atol=1e-6)
 
 
+def test_sigmoid_long_sum_stays_within_1e_6(level):
+    """BCE's element losses are summed in float partial sums of 8 vectors' lanes, each added to
+    a double: over 2^23 elements (losses of very different sizes, the worst case for a float
+    running sum) the float32 sum and mean stay within 1e-6 of the float64 ones."""
+    rng = np.random.default_rng(23)
+    n = 1 << 23
+    x = (rng.normal(size=n) * 6).astype(np.float32)
+    t = (rng.uniform(size=n) < 0.5).astype(np.float32)
+    total = xentkit.binary_cross_entropy_with_logits(x, t, reduction="sum")
+    mean = xentkit.binary_cross_entropy_with_logits(x, t)
+    want = 0.0
+    for s0 in range(0, n, 1 << 20):
+        want += float(caffe_ref.sigmoid_elementwise(x[s0:s0 + (1 << 20)],
+                                                    t[s0:s0 + (1 << 20)]).sum())
+    assert abs(total - want) <= 1e-6 * want
+    assert abs(mean - want / n) <= 1e-6 * want / n
+
+
 def test_sigmoid_non_finite_logits(level):
     rng = np.random.default_rng(5)
     x = rng.normal(size=100).astype(np.float32)

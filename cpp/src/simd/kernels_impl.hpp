@@ -91,27 +91,34 @@ XK_INLINE vf log1p_unit(vf e) noexcept {
   return e * q;
 }
 
-/// A per-lane sum of the exps of one position's (or row's) classes: float partial sums of 8
-/// classes at a time, each added to a double sum. Every e is in [0, 1] and the max's is 1, so a
-/// partial sum is within 8 float roundings (5e-7) of its exact value; the double sum adds no
-/// error of its own that matters. The same classes in the same order give the same bits.
+/// A per-lane sum in float partial sums of 8 terms, each added to a double sum: for terms of
+/// one sign a partial sum is within 8 float roundings (5e-7 relative) of its exact value, and the
+/// double sum adds no error of its own that matters. (A position's exps over its classes, every
+/// one in [0, 1]; the element losses of BCE, >= 0 for targets in [0, 1].) The same terms in the
+/// same order give the same bits.
 struct ClassSum {
-  Acc total;
+  Acc total_;
   vf part = splat(0.0f);
   int n = 0;
   XK_INLINE void add(vf e) noexcept {
     part = part + e;
     if (++n == 8) {
-      total.add(part);
+      total_.add(part);
       part = splat(0.0f);
       n = 0;
     }
   }
   /// The 16 lanes' sums (the last partial sum added; adding 0 changes nothing).
   XK_INLINE void lanes(double* out) const noexcept {
-    Acc t = total;
+    Acc t = total_;
     t.add(part);
     t.lanes(out);
+  }
+  /// The sum of all lanes, in a fixed order.
+  XK_INLINE double total() const noexcept {
+    Acc t = total_;
+    t.add(part);
+    return t.total();
   }
 };
 
@@ -1001,7 +1008,7 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   const vf gs_lo = splat(static_cast<float>(jb.grad_scale - static_cast<double>(hi)));
   const bool exact_scale = static_cast<double>(hi) == jb.grad_scale;
   // One vector: its losses into acc, its outputs stored.
-  const auto step = [&](int64_t i, vf x, Acc& acc) XK_INLINE_LAMBDA {
+  const auto step = [&](int64_t i, vf x, ClassSum& acc) XK_INLINE_LAMBDA {
     const vf t = load(jb.t + i);
     const vi pos = x >= splat(0.0f);
     const vf ax = sel(pos, x, -x);
@@ -1021,7 +1028,7 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   };
   // Two vectors per step, on two sums (combined in a fixed order), so that the long chains of
   // dependent operations of one vector overlap with those of the other.
-  Acc acc[2];
+  ClassSum acc[2];
   int64_t i = 0;
   for (; i + 2 * W <= full; i += 2 * W) {
     const vf x0 = load(jb.x + i);

@@ -114,11 +114,12 @@ struct ClassSum {
     t.add(part);
     t.lanes(out);
   }
-  /// The sum of all lanes, in a fixed order.
-  XK_INLINE double total() const noexcept {
-    Acc t = total_;
-    t.add(part);
-    return t.total();
+  /// The sum of all lanes, in a fixed order (the last partial sum added first).
+  XK_INLINE double total() noexcept {
+    total_.add(part);
+    part = splat(0.0f);
+    n = 0;
+    return total_.total();
   }
 };
 
@@ -444,6 +445,52 @@ XK_INLINE void columns_to_rows_copy(const vf* v, float* out, float* buf) noexcep
   }
 }
 
+// Rows of 16 (a vector each) keep the scalar copy on AVX-512: there the 128 permutes each way
+// cost more (65536x16, one core of a Xeon with AVX-512: 0.77 ns per element copied, 1.06
+// permuted).
+template <int C>
+inline constexpr bool kPermuteRows = C < 16;
+
+/// The block of 16 rows of C floats at x (rows r0.. of the job) as C columns (lane k = row k),
+/// by the fastest means of this build; reads nothing past the job's rows.
+template <int C>
+XK_INLINE void block_in([[maybe_unused]] const SoftmaxJob& jb, [[maybe_unused]] int64_t r0,
+                        const float* x, vf* v, [[maybe_unused]] float* buf) noexcept {
+#if defined(XK_NARROW_PERMUTES)
+  if constexpr (kPermuteRows<C>) {
+    rows_to_columns<C>(x, v);
+  } else {
+    rows_to_columns_copy<C>(x, v, buf);
+  }
+#elif defined(XK_NARROW_SHUFFLES)
+  if ((jb.count - r0 - W) * C >= 16) {
+    rows_to_columns<C>(x, v);
+  } else {  // the job's last block: read through a buffer, nothing past the job is touched
+    alignas(64) float padded[W * C + 16];
+    std::memcpy(padded, x, sizeof(float) * W * C);
+    rows_to_columns<C>(padded, v);
+  }
+#else
+  rows_to_columns_copy<C>(x, v, buf);
+#endif
+}
+
+/// C columns (lane k = row k) written as the block of 16 rows at out; nothing past it.
+template <int C>
+XK_INLINE void block_out(const vf* v, float* out, [[maybe_unused]] float* buf) noexcept {
+#if defined(XK_NARROW_PERMUTES)
+  if constexpr (kPermuteRows<C>) {
+    columns_to_rows<C>(v, out);
+  } else {
+    columns_to_rows_copy<C>(v, out, buf);
+  }
+#elif defined(XK_NARROW_SHUFFLES)
+  columns_to_rows<C>(v, out);
+#else
+  columns_to_rows_copy<C>(v, out, buf);
+#endif
+}
+
 /// Sixteen rows of two classes (v[0], v[1]: lane k = row k; finite) with labels vy, as a
 /// logistic loss: with d = x[other] - x[label], -log p[label] = max(d, 0) + log1p(exp(-|d|)) and
 /// p[other] = sigmoid(d), from one exp, one division and a polynomial; p[other] keeps its
@@ -470,12 +517,8 @@ XK_INLINE void binary_rows<2>(const SoftmaxJob& jb, int64_t r0, const vf* v, vi 
   vf o[2];
   o[0] = sel(labelled, sel(one, g, -g), splat(0.0f));
   o[1] = sel(labelled, sel(one, -g, g), splat(0.0f));
-#if defined(XK_NARROW_PERMUTES) || defined(XK_NARROW_SHUFFLES)
-  columns_to_rows<2>(o, jb.diff + r0 * 2);
-#else
   alignas(64) float buf[2 * W];
-  columns_to_rows_copy<2>(o, jb.diff + r0 * 2, buf);
-#endif
+  block_out<2>(o, jb.diff + r0 * 2, buf);
 }
 
 /// Rows of exactly C (2..16) classes, 16 rows at a time, C known to the compiler: the block is
@@ -486,11 +529,6 @@ XK_INLINE void binary_rows<2>(const SoftmaxJob& jb, int64_t r0, const vf* v, vi 
 template <int C>
 int64_t narrow_rows(const SoftmaxJob& jb) {
   [[maybe_unused]] alignas(64) float buf[C * W];
-#if defined(XK_NARROW_PERMUTES)
-  // Rows of 16 (a vector each) keep the scalar copy: there the 128 permutes each way cost more
-  // (65536x16, one core of a Xeon with AVX-512: 0.77 ns per element copied, 1.06 permuted).
-  constexpr bool kPermute = C < 16;
-#endif
   const int64_t full = jb.count / W * W;
   // Two classes without z-loss or softmax output: the binary form (one exp, no division but
   // one, no double-precision sums).
@@ -499,23 +537,7 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
   for (; r0 < full; r0 += W) {
     const float* x = jb.x + r0 * C;
     vf v[C];
-#if defined(XK_NARROW_PERMUTES)
-    if constexpr (kPermute) {
-      rows_to_columns<C>(x, v);
-    } else {
-      rows_to_columns_copy<C>(x, v, buf);
-    }
-#elif defined(XK_NARROW_SHUFFLES)
-    if ((jb.count - r0 - W) * C >= 16) {
-      rows_to_columns<C>(x, v);
-    } else {  // the job's last block: read through a buffer, nothing past the job is touched
-      alignas(64) float padded[W * C + 16];
-      std::memcpy(padded, x, sizeof(float) * W * C);
-      rows_to_columns<C>(padded, v);
-    }
-#else
-    rows_to_columns_copy<C>(x, v, buf);
-#endif
+    block_in<C>(jb, r0, x, v, buf);
     vi bad = splat_i(0);
     for (int c = 0; c < C; ++c) bad |= (v[c] != v[c]);
     vf m = v[0];
@@ -557,17 +579,7 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
                 mx, jb.z_loss);
     vf o[C];
     const auto put = [&](float* dst) XK_INLINE_LAMBDA {
-#if defined(XK_NARROW_PERMUTES)
-      if constexpr (kPermute) {
-        columns_to_rows<C>(o, dst);
-      } else {
-        columns_to_rows_copy<C>(o, dst, buf);
-      }
-#elif defined(XK_NARROW_SHUFFLES)
-      columns_to_rows<C>(o, dst);
-#else
-      columns_to_rows_copy<C>(o, dst, buf);
-#endif
+      block_out<C>(o, dst, buf);
     };
     if (jb.prob) {
       const vf pinv = load(f.pinv);

@@ -88,7 +88,6 @@ bool spin_until(Done done, int us) noexcept {
 class Pool {
   static constexpr int kSpinMicros = 1000;
 
-
  public:
   void run(int64_t n_blocks, int threads, void (*fn)(const void*, int64_t), const void* ctx) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);

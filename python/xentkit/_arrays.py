@@ -69,11 +69,17 @@ def real_dtype_for(arr, name):
     return compute_dtype(result_dtype((arr,), (name,)))
 
 
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+
+
 def result_dtype(arrays, names):
     """The floating dtype of a result computed from these arrays (NumPy's promotion, as PyTorch
     promotes floating inputs), native byte order. TypeError for a non-floating one. bfloat16
     (ml_dtypes) promotes as ml_dtypes registers it: with float16 to float32, with float32/float64
     to those."""
+    first = arrays[0].dtype
+    if first in _NATIVE_FLOATS and all(a.dtype == first for a in arrays[1:]):
+        return first  # one native float dtype: it is its own promotion (the common case, quick)
     for arr, name in zip(arrays, names):
         if is_bfloat16(arr.dtype):
             continue
@@ -174,14 +180,13 @@ def output_array(out, name, shape, dtype, inputs):
     if not out.flags.writeable:
         raise ValueError(f"{name}: expected a writable array, got a read-only one")
     for i, arr in enumerate(inputs):
-        if arr is None or out.size == 0:
+        if arr is None or out.size == 0 or not np.may_share_memory(out, arr):
             continue
         if i == 0 and _same_buffer(out, arr):
             continue
-        if np.may_share_memory(out, arr):
-            raise ValueError(
-                f"{name}: expected an array that does not overlap the inputs (only the scores "
-                "themselves may be passed, for an in-place result)")
+        raise ValueError(
+            f"{name}: expected an array that does not overlap the inputs (only the scores "
+            "themselves may be passed, for an in-place result)")
     return out
 
 

@@ -30,8 +30,17 @@ _SHORT_REDUCTIONS = {"mean": 1, "sum": 2}
 _core._register_array_type(np.ndarray, np.empty_like)
 
 
+_FINITE_MAX = {np.dtype(np.float32): float(np.finfo(np.float32).max),
+               np.dtype(np.float16): float(np.finfo(np.float16).max)}
+
+
 def _scalar_result(value, dt):
     """A reduced loss as a Python float, rounded to the result dtype (float16 included)."""
+    if dt.itemsize == 8 and dt.kind == "f":
+        return float(value)
+    top = _FINITE_MAX.get(dt)
+    if top is not None and -top <= value <= top:  # no overflow to silence (NaN goes below)
+        return float(dt.type(value))
     with np.errstate(over="ignore"):
         return float(dt.type(value))
 

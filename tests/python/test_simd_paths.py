@@ -567,3 +567,25 @@ def test_forked_child_uses_a_fresh_pool(restore_threads):
         child.kill()
     assert not alive, "the forked child hung on the parent's pool"
     assert child.exitcode == 0 and queue.get(timeout=5) is True
+
+
+def test_reduced_loss_rounds_to_its_dtype_quietly():
+    """A reduced loss is a Python float rounded to the result dtype: past float16's or float32's
+    range it becomes inf (as a cast does), without an overflow warning; within range the value
+    equals NumPy's own rounding; float64 results are not rounded."""
+    import warnings
+
+    x16 = np.full((64, 2), [0.0, 60000.0], np.float16)  # each row's loss ~60000
+    x32 = x16.astype(np.float32)
+    t = np.zeros(64, np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert xentkit.cross_entropy(x16, t, reduction="sum") == np.inf
+        assert xentkit.cross_entropy(x16, t) == pytest.approx(60000.0, rel=1e-3)
+        total32 = xentkit.cross_entropy(x32, t, reduction="sum")
+        assert total32 == float(np.float32(total32)) and total32 == pytest.approx(64 * 60000.0)
+        big = np.array([[0.0, 3e38], [0.0, 3e38]], np.float32)
+        assert xentkit.cross_entropy(big, np.zeros(2, np.int64), reduction="sum") == np.inf
+        x64 = x32.astype(np.float64) + 1e-9
+        total64 = xentkit.cross_entropy(x64, t, reduction="sum")
+        assert total64 == pytest.approx(64 * (60000.0 + 1e-9), rel=1e-12)

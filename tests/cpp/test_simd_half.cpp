@@ -173,6 +173,50 @@ TEST(SimdLevels, FloatKernelsAgreeWithDouble) {
   }
 }
 
+TEST(SimdLevels, NarrowRowsStayInsideTheirBuffers) {
+  // Rows of 2..16 classes (the kernels compiled per class count: lane permutes on AVX-512,
+  // register transposes on AVX2, the logistic form for two classes) in buffers of exactly the
+  // rows' size, so that a read or write past the last row is a sanitizer report; row counts
+  // below, at and past the 16-row block; the gradient apart and in place, against double.
+  LevelGuard guard;
+  Rng rng(29);
+  for (int64_t C = 2; C <= 16; ++C) {
+    for (int64_t rows : {int64_t{1}, int64_t{16}, int64_t{17}, int64_t{31}, int64_t{48}, int64_t{53}}) {
+      const size_t count = static_cast<size_t>(rows * C);
+      const auto xd = rng.normal<double>(count, 0.0, 4.0);
+      const std::vector<float> xf(xd.begin(), xd.end());
+      const std::vector<double> xr(xf.begin(), xf.end());
+      auto labels = rng.classes<int64_t>(static_cast<size_t>(rows), C);
+      labels[0] = -100;
+      std::vector<double> gd(count);
+      CrossEntropyOptions opt;
+      opt.reduction = xentkit::Reduction::sum;
+      const double want = xentkit::cross_entropy<double, int64_t>(
+          xr.data(), labels.data(), rows, C, 1, static_cast<const double*>(nullptr), nullptr,
+          gd.data(), opt);
+      for (const auto& level : levels()) {
+        xentkit::set_simd_level(level);
+        std::vector<float> gf(count);
+        const float got = xentkit::cross_entropy<float, int64_t>(
+            xf.data(), labels.data(), rows, C, 1, static_cast<const float*>(nullptr), nullptr,
+            gf.data(), opt);
+        EXPECT_NEAR(got, want, 2e-6 * std::fabs(want) + 1e-6) << level << " C=" << C;
+        for (size_t i = 0; i < count; ++i) {
+          ASSERT_NEAR(gf[i], gd[i], 2e-6 * std::fabs(gd[i]) + 1e-7)
+              << level << " C=" << C << " rows=" << rows << " i=" << i;
+        }
+        std::vector<float> inplace(xf);
+        const float got_i = xentkit::cross_entropy<float, int64_t>(
+            inplace.data(), labels.data(), rows, C, 1, static_cast<const float*>(nullptr),
+            nullptr, inplace.data(), opt);
+        EXPECT_EQ(got_i, got) << level << " C=" << C;
+        EXPECT_EQ(0, std::memcmp(inplace.data(), gf.data(), count * sizeof(float)))
+            << level << " C=" << C << " rows=" << rows;
+      }
+    }
+  }
+}
+
 TEST(Pool, ConcurrentCallersGetTheSingleThreadedBits) {
   ThreadCountGuard guard;
   Rng rng(23);

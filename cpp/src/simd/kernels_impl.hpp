@@ -96,7 +96,7 @@ XK_INLINE vf log1p_unit(vf e) noexcept {
 /// double sum adds no error of its own that matters. (A position's exps over its classes, every
 /// one in [0, 1]; the element losses of BCE, >= 0 for targets in [0, 1].) The same terms in the
 /// same order give the same bits.
-struct ClassSum {
+struct PartialSum {
   Acc total_;
   vf part = splat(0.0f);
   int n = 0;
@@ -276,21 +276,12 @@ int64_t softmax_rows_narrow_any(const SoftmaxJob& jb) {
 
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
-// The AVX2 build moves narrow rows in and out of the (C, 16) layout with 8x8
-// transposes in registers: per 16 rows, 16 or 32 unaligned loads (or stores) and 24 shuffles per
-// 8x8 block, instead of 16 C scalar loads and stores through a buffer whose vector reloads
-// cannot be forwarded from the scalar stores. (AVX-512 permutes lanes instead, below; the
-// baseline build keeps the scalar copy.)
+// The AVX2 build moves narrow rows in and out of the (C, 16) layout with 8x8 transposes in
+// registers: per 16 rows, 16 or 32 unaligned loads (or stores) and 24 shuffles per 8x8 block,
+// instead of 16 C scalar loads and stores through a buffer whose vector reloads cannot be
+// forwarded from the scalar stores. (AVX-512 permutes lanes instead, below; the baseline build
+// keeps the scalar copy.)
 #define XK_NARROW_SHUFFLES 1
-
-/// The vector of lanes lo (0..7) and hi (8..15), and back.
-XK_INLINE vf join8(__m256 lo, __m256 hi) noexcept {
-  vf v;
-  v.p[0] = (nf)lo;
-  v.p[1] = (nf)hi;
-  return v;
-}
-XK_INLINE __m256 half8(const vf& v, int h) noexcept { return (__m256)v.p[h]; }
 
 /// r[j] (lane i = element i of row j) becomes column j: lane i = r[i][j].
 XK_INLINE void transpose8(__m256* r) noexcept {
@@ -327,7 +318,10 @@ XK_INLINE void rows_to_columns(const float* x, vf* v) noexcept {
     transpose8(b[h]);
     transpose8(b[h] + 8);
   }
-  for (int c = 0; c < C; ++c) v[c] = join8(b[c / 8][c % 8], b[c / 8][8 + c % 8]);
+  for (int c = 0; c < C; ++c) {
+    v[c].p[0] = (nf)b[c / 8][c % 8];
+    v[c].p[1] = (nf)b[c / 8][8 + c % 8];
+  }
 }
 
 /// The 16 rows of C floats at out from v[c] (lane k = row k). Row k is written as 8 (C > 8: 16)
@@ -340,8 +334,8 @@ XK_INLINE void columns_to_rows(const vf* v, float* out) noexcept {
   for (int h = 0; h < H; ++h) {
     for (int j = 0; j < 8; ++j) {
       const int c = 8 * h + j;
-      b[h][j] = c < C ? half8(v[c < C ? c : 0], 0) : _mm256_setzero_ps();
-      b[h][8 + j] = c < C ? half8(v[c < C ? c : 0], 1) : _mm256_setzero_ps();
+      b[h][j] = c < C ? (__m256)v[c < C ? c : 0].p[0] : _mm256_setzero_ps();
+      b[h][8 + j] = c < C ? (__m256)v[c < C ? c : 0].p[1] : _mm256_setzero_ps();
     }
     transpose8(b[h]);
     transpose8(b[h] + 8);
@@ -496,10 +490,7 @@ XK_INLINE void block_out(const vf* v, float* out, [[maybe_unused]] float* buf) n
 /// p[other] = sigmoid(d), from one exp, one division and a polynomial; p[other] keeps its
 /// relative precision where it is tiny (the gradient at the label, -p[other], included).
 /// Writes the rows' losses and, when asked, their gradients (no z-loss, no softmax output).
-template <int C>
-XK_INLINE void binary_rows(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy) noexcept;
-template <>
-XK_INLINE void binary_rows<2>(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy) noexcept {
+XK_INLINE void binary_rows(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy) noexcept {
   const vi one = vy == splat_i(1);
   const vi labelled = vy >= splat_i(0);
   const vf d = sel(one, v[0] - v[1], v[1] - v[0]);
@@ -523,15 +514,16 @@ XK_INLINE void binary_rows<2>(const SoftmaxJob& jb, int64_t r0, const vf* v, vi 
 
 /// Rows of exactly C (2..16) classes, 16 rows at a time, C known to the compiler: the block is
 /// transposed into C vectors (lane k = row k) that stay in registers through the max, the exps
-/// and the gradient, which is transposed back once. The same operations in the same order as
-/// position_groups, so the results are those of softmax_rows_narrow_any bit for bit. Hands the
-/// last count % 16 rows and blocks with a NaN or infinite logit to softmax_rows_narrow_any.
+/// and the gradient, which is transposed back once. For C >= 3 (and for C = 2 with z-loss or
+/// softmax output) the same operations in the same order as position_groups, so the results
+/// are those of softmax_rows_narrow_any bit for bit; other rows of two take binary_rows. Hands
+/// the last count % 16 rows and blocks with a NaN or infinite logit to softmax_rows_narrow_any.
 template <int C>
 int64_t narrow_rows(const SoftmaxJob& jb) {
   [[maybe_unused]] alignas(64) float buf[C * W];
   const int64_t full = jb.count / W * W;
-  // Two classes without z-loss or softmax output: the binary form (one exp, no division but
-  // one, no double-precision sums).
+  // Two classes without z-loss or softmax output: the logistic form (binary_rows: one exp, one
+  // division, no double-precision sums).
   [[maybe_unused]] const bool binary = C == 2 && jb.z_loss == 0.0 && jb.prob == nullptr;
   int64_t r0 = 0;
   for (; r0 < full; r0 += W) {
@@ -546,11 +538,11 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
     const vi vy = load_i(jb.y + r0);
     if constexpr (C == 2) {
       if (binary) {
-        binary_rows<C>(jb, r0, v, vy);
+        binary_rows(jb, r0, v, vy);
         continue;
       }
     }
-    ClassSum acc;
+    PartialSum acc;
     vf vey = splat(0.0f), vzy = splat(0.0f);
     vf z[C];
     for (int c = 0; c < C; ++c) z[c] = v[c] - m;
@@ -899,7 +891,7 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     for (int q = 0; q < G; ++q) vm[q] = tanh_v(vm[q] * vinv) * vcs;
   }
   float* st = jb.diff ? jb.diff + j0 : (jb.prob ? jb.prob + j0 : nullptr);
-  ClassSum acc[G];
+  PartialSum acc[G];
   vf vey[G], vzy[G];  // e and x - max at the label (x read before any in-place write)
   vi vy[G];
   for (int q = 0; q < G; ++q) {
@@ -918,7 +910,7 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     const vf m = vm[q];
     const vi y = vy[q];
     vf ey = vey[q], zy = vzy[q];
-    ClassSum sum = acc[q];
+    PartialSum sum = acc[q];
     for (int64_t c = 0; c < C; ++c) {
       const vi vc = splat_i(static_cast<int32_t>(c));
       if (ahead) __builtin_prefetch(x + c * inner + S + q * W);
@@ -1020,7 +1012,7 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   const vf gs_lo = splat(static_cast<float>(jb.grad_scale - static_cast<double>(hi)));
   const bool exact_scale = static_cast<double>(hi) == jb.grad_scale;
   // One vector: its losses into acc, its outputs stored.
-  const auto step = [&](int64_t i, vf x, ClassSum& acc) XK_INLINE_LAMBDA {
+  const auto step = [&](int64_t i, vf x, PartialSum& acc) XK_INLINE_LAMBDA {
     const vf t = load(jb.t + i);
     const vi pos = x >= splat(0.0f);
     const vf ax = sel(pos, x, -x);
@@ -1040,7 +1032,7 @@ int64_t sigmoid(const SigmoidJob& jb, double* sum) {
   };
   // Two vectors per step, on two sums (combined in a fixed order), so that the long chains of
   // dependent operations of one vector overlap with those of the other.
-  ClassSum acc[2];
+  PartialSum acc[2];
   int64_t i = 0;
   for (; i + 2 * W <= full; i += 2 * W) {
     const vf x0 = load(jb.x + i);

@@ -93,8 +93,8 @@ XK_INLINE vf log1p_unit(vf e) noexcept {
 
 /// A per-lane sum in float partial sums of 8 terms, each added to a double sum: for terms of
 /// one sign a partial sum is within 8 float roundings (5e-7 relative) of its exact value, and the
-/// double sum adds no error of its own that matters. (A position's exps over its classes, every
-/// one in [0, 1]; the element losses of BCE, >= 0 for targets in [0, 1].) The same terms in the
+/// double sum adds no error of its own that matters. (A row's or a position's exps over its
+/// classes, every one in [0, 1]; the element losses of BCE, >= 0 for targets in [0, 1].) The same terms in the
 /// same order give the same bits.
 struct PartialSum {
   Acc total_;
@@ -719,7 +719,7 @@ int64_t rows_wide(const SoftmaxJob& jb) {
       }
       const vf vm = splat(m);
       const int64_t ych = y >= 0 ? y / W * W : -1;
-      Acc acc;
+      PartialSum acc;
       float e_label = 0.0f;
       // While this batch is computed in cache, the next one is fetched: one line of its logits
       // per vector here (the same offset one batch on), so memory and arithmetic overlap.

@@ -94,8 +94,8 @@ XK_INLINE vf log1p_unit(vf e) noexcept {
 /// A per-lane sum in float partial sums of 8 terms, each added to a double sum: for terms of
 /// one sign a partial sum is within 8 float roundings (5e-7 relative) of its exact value, and the
 /// double sum adds no error of its own that matters. (A row's or a position's exps over its
-/// classes, every one in [0, 1]; the element losses of BCE, >= 0 for targets in [0, 1].) The same terms in the
-/// same order give the same bits.
+/// classes, every one in [0, 1]; the element losses of BCE, >= 0 for targets in [0, 1].) The
+/// same terms in the same order give the same bits.
 struct PartialSum {
   Acc total_;
   vf part = splat(0.0f);

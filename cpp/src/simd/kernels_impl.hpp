@@ -914,6 +914,8 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     for (int64_t c = 0; c < C; ++c) {
       const vi vc = splat_i(static_cast<int32_t>(c));
       if (ahead) __builtin_prefetch(x + c * inner + S + q * W);
+      // The gradient's lines that sweep C writes, fetched for writing while the exps run.
+      if (packed && jb.diff) __builtin_prefetch(jb.diff + j0 + c * inner + q * W, 1);
       vf v = load(packed ? pack + c * S + q * W : x + c * inner + q * W);
       vf t = v;
       if constexpr (kCap) {
@@ -954,23 +956,24 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     gy[q] = load(f[q].gy);
     skip[q] = vy[q] == splat_i(kSkip);
   }
-  for (int q = 0; q < G; ++q) {
-    const vf m = vm[q], pv = pinv[q], scv = sc[q], gyv = gy[q];
-    const vi y = vy[q], sk = skip[q];
-    for (int64_t c = 0; c < C; ++c) {
-      const vi vc = splat_i(static_cast<int32_t>(c));
+  // Class by class, the G groups' lines of each output row in order: each visit to a class row
+  // writes G consecutive lines (group by group, every store went to another row, and the
+  // write misses of the C rows queued behind each other).
+  for (int64_t c = 0; c < C; ++c) {
+    const vi vc = splat_i(static_cast<int32_t>(c));
+    for (int q = 0; q < G; ++q) {
       vf e = load(packed ? pack + c * S + q * W : st + c * inner + q * W);
       vf dc = splat(1.0f);
       if constexpr (kCap) {
         const vf t = e;
-        e = exp_nonpos(t * vcs - m);
+        e = exp_nonpos(t * vcs - vm[q]);
         dc = 1.0f - t * t;
       }
-      if (p) store(p + c * inner + q * W, e * pv);
+      if (p) store(p + c * inner + q * W, e * pinv[q]);
       if (d) {
-        vf gv = sel(y == vc, gyv, e * scv);
+        vf gv = sel(vy[q] == vc, gy[q], e * sc[q]);
         if constexpr (kCap) gv = gv * dc;
-        store(d + c * inner + q * W, sel(sk, splat(0.0f), gv));
+        store(d + c * inner + q * W, sel(skip[q], splat(0.0f), gv));
       }
     }
   }

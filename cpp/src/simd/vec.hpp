@@ -333,7 +333,60 @@ struct Acc {
 
 /// exp(z) for z <= 0 (or NaN) in float32, within 2 ulp of the correctly rounded value for
 /// normal results; exp(0) is exactly 1, results below FLT_MIN's range (z < -87.33655) are 0, and
-/// NaN stays NaN. Cody-Waite reduction z = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial.
+/// NaN stays NaN.
+#if defined(__AVX512F__) || defined(__AVX2__)
+// z = (K n + j) ln2 / K + r with K = kNat (16 or 8 table entries, j < K), |r| <= ln2 / (2 K):
+// exp(z) = 2^n 2^(j/K) exp(r), 2^(j/K) and its rounding from tables (one lane permute each),
+// exp(r) from a degree-4 Taylor polynomial (truncation below 1.3e-9 relative). 8 multiplies or
+// FMAs per vector, against 11 for the wider reduction below; within 0.61 ulp (every float z).
+alignas(64) inline constexpr float kExp2Sixteenths[16] = {
+    0x1.0p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fep+0f, 0x1.3dea64p+0f,
+    0x1.4bfdaep+0f, 0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
+    0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
+// (2^(j/16) - kExp2Sixteenths[j]) / kExp2Sixteenths[j]: the table's rounding, put back.
+alignas(64) inline constexpr float kExp2Residuals[16] = {
+    0.0f, 0x1.8d96d4p-25f, -0x1.9c0c22p-27f, 0x1.964904p-25f,
+    0x1.125002p-25f, 0x1.370be4p-25f, -0x1.0a355p-25f, -0x1.00d8acp-27f,
+    0x1.26055cp-26f, -0x1.05cb44p-25f, 0x1.67a1cap-28f, 0x1.a3b5e4p-28f,
+    -0x1.f9c304p-27f, -0x1.6961b4p-28f, -0x1.a5217cp-28f, 0x1.61428ep-28f};
+/// table[j] lane by lane (j in [0, K)): AVX-512 reads the 16 entries, AVX2 the even ones
+/// (2^(j/8) = 2^(2j/16)).
+XK_INLINE nf lookup_k(const float* table, ni j) noexcept {
+#if defined(__AVX512F__)
+  return (nf)_mm512_permutexvar_ps((__m512i)j, _mm512_load_ps(table));
+#else
+  const __m256 t = _mm256_setr_ps(table[0], table[2], table[4], table[6], table[8], table[10],
+                                  table[12], table[14]);
+  return (nf)_mm256_permutevar8x32_ps(t, (__m256i)j);
+#endif
+}
+XK_INLINE vf exp_nonpos(vf z) noexcept {
+  constexpr int kShift = kNat == 16 ? 4 : 3;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vf t = z * (1.44269504088896341f * kNat) + shifter;
+  const vf m = t - shifter;
+  vf r = z - m * (0.693359375f / kNat);
+  r = r - m * (-2.12194440e-4f / kNat);
+  vf p = splat(1.0f / 24.0f);
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  const vf q = p * r;  // exp(r) - 1
+  // m = K n + j as an integer from the low mantissa bits of t (no float->int conversion).
+  const vi mi = as_int(t) - as_int(splat(shifter));
+  const vi j = mi & (kNat - 1);
+  const vi n = mi >> kShift;
+  vf frac, resid;
+  XK_DO(kParts, frac.p[i_] = lookup_k(kExp2Sixteenths, j.p[i_]);
+                resid.p[i_] = lookup_k(kExp2Residuals, j.p[i_]));
+  // s = 2^n times the table's 2^(j/K) (a normal float: n >= -126 wherever z >= -87.33654), and
+  // exp(z) = s + s (exp(r) - 1 + the table's relative rounding) in one rounding.
+  const vf sc = as_float(as_int(frac) + (n << 23));
+  const vf res = sc * (q + resid) + sc;
+  return sel(z < splat(-87.33654f), splat(0.0f), res);
+}
+#else
+// Cody-Waite reduction z = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial.
 XK_INLINE vf exp_nonpos(vf z) noexcept {
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const vf t = z * 1.44269504088896341f + shifter;
@@ -352,6 +405,7 @@ XK_INLINE vf exp_nonpos(vf z) noexcept {
   const vf res = y * as_float(bits);
   return sel(z < splat(-87.33654f), splat(0.0f), res);
 }
+#endif
 
 /// log(u) for finite u >= 1 in float32 (within 2 ulp): u = 2^k f with f in [sqrt(1/2), sqrt(2)),
 /// log f = 2 atanh(s), s = (f - 1) / (f + 1), |s| <= 0.1716.

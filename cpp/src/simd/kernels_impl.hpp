@@ -324,6 +324,21 @@ XK_INLINE void rows_to_columns(const float* x, vf* v) noexcept {
   }
 }
 
+/// Rows of two: the 16 rows are 4 whole vectors, split into even and odd lanes (no load past
+/// the block, no 8x8 transpose).
+template <>
+XK_INLINE void rows_to_columns<2>(const float* x, vf* v) noexcept {
+  for (int h = 0; h < 2; ++h) {
+    const __m256 a = _mm256_loadu_ps(x + 16 * h), b = _mm256_loadu_ps(x + 16 * h + 8);
+    // shuffle_ps gives rows 0 1 4 5 2 3 6 7 of these 8; the 64-bit permute puts them in order.
+    const auto order = [](__m256 t) {
+      return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), 0xd8));
+    };
+    v[0].p[h] = (nf)order(_mm256_shuffle_ps(a, b, 0x88));
+    v[1].p[h] = (nf)order(_mm256_shuffle_ps(a, b, 0xdd));
+  }
+}
+
 /// The 16 rows of C floats at out from v[c] (lane k = row k). Row k is written as 8 (C > 8: 16)
 /// floats in increasing k, so what spills into row k + 1 is overwritten by it; the rows whose
 /// write would cross the block's end go through a buffer, and nothing past the block is touched.
@@ -351,6 +366,17 @@ XK_INLINE void columns_to_rows(const vf* v, float* out) noexcept {
       if constexpr (H == 2) _mm256_store_ps(t + 8, b[1][k]);
       std::memcpy(row, t, sizeof(float) * C);
     }
+  }
+}
+
+template <>
+XK_INLINE void columns_to_rows<2>(const vf* v, float* out) noexcept {
+  for (int h = 0; h < 2; ++h) {
+    const __m256 c0 = (__m256)v[0].p[h], c1 = (__m256)v[1].p[h];
+    const __m256 lo = _mm256_unpacklo_ps(c0, c1);  // rows 0 1 | 4 5 of these 8
+    const __m256 hi = _mm256_unpackhi_ps(c0, c1);  // rows 2 3 | 6 7
+    _mm256_storeu_ps(out + 16 * h, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + 16 * h + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
   }
 }
 #endif
@@ -457,7 +483,7 @@ XK_INLINE void block_in([[maybe_unused]] const SoftmaxJob& jb, [[maybe_unused]] 
     rows_to_columns_copy<C>(x, v, buf);
   }
 #elif defined(XK_NARROW_SHUFFLES)
-  if ((jb.count - r0 - W) * C >= 16) {
+  if (C == 2 || (jb.count - r0 - W) * C >= 16) {  // rows of two read exactly the block
     rows_to_columns<C>(x, v);
   } else {  // the job's last block: read through a buffer, nothing past the job is touched
     alignas(64) float padded[W * C + 16];

@@ -174,6 +174,15 @@ def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="m
     Infinite logits give the mathematical limits (0 for x = +inf with t = 1, where PyTorch gives
     NaN). Returns the loss, or ``(loss, grad)``.
     """
+    if (weight is None and pos_weight is None and type(reduction) is str
+            and (grad is False or grad is True or type(grad) is np.ndarray)):
+        # The short path: float32 or float64 ndarrays of one shape, C-contiguous (and a
+        # gradient array like the input, in place or apart from both).
+        red = _SHORT_REDUCTIONS.get(reduction)
+        if red is not None:
+            out = _core.binary_cross_entropy_small(input, target, red, grad)
+            if out is not None:
+                return out
     if _device.is_device_array(input):
         return _device.binary_cross_entropy_with_logits(
             input, target, weight, red=_reduction(reduction), pos_weight=pos_weight, grad=grad,

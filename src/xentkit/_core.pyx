@@ -281,7 +281,8 @@ def sparse_softmax_cross_entropy_with_logits(const index_t[::1] labels,
 
 
 # ---- the short path for small, plain calls ----------------------------------------------------
-# cross_entropy on a C-contiguous (N, C) float32/float64 ndarray with int64 (N,) targets, no
+# cross_entropy on a C-contiguous (N, C) float32/float64 ndarray with int64 (N,) targets, and
+# binary_cross_entropy_with_logits on C-contiguous input and target of one shape and dtype, no
 # options: one buffer request per array and one C++ call, with the GIL held when the call is too
 # small for releasing it to pay. Anything else returns None and takes the general path.
 
@@ -401,6 +402,102 @@ def cross_entropy_small(object input, object target, int reduction, object grad_
         PyBuffer_Release(&xb)
 
 
+
+
+cdef double _bce_call(Py_buffer* xb, Py_buffer* tb, Py_buffer* gb, int kind,
+                      int reduction) except *:
+    cdef BinaryCrossEntropyOptions opts
+    opts.reduction = <Reduction>reduction
+    cdef Broadcast[float] nof
+    cdef Broadcast[double] nod
+    cdef float rf
+    cdef double rd
+    cdef int64_t n
+    cdef bint small = xb.len <= _nogil_bytes
+    if kind == 1:
+        n = xb.len // 4
+        if small:
+            rf = _cpp.binary_cross_entropy_with_logits[float](
+                <const float*>xb.buf, <const float*>tb.buf, n, nof, nof, NULL,
+                <float*>gb.buf if gb != NULL else NULL, opts)
+        else:
+            with nogil:
+                rf = _cpp.binary_cross_entropy_with_logits[float](
+                    <const float*>xb.buf, <const float*>tb.buf, n, nof, nof, NULL,
+                    <float*>gb.buf if gb != NULL else NULL, opts)
+        return <double>rf
+    n = xb.len // 8
+    if small:
+        rd = _cpp.binary_cross_entropy_with_logits[double](
+            <const double*>xb.buf, <const double*>tb.buf, n, nod, nod, NULL,
+            <double*>gb.buf if gb != NULL else NULL, opts)
+    else:
+        with nogil:
+            rd = _cpp.binary_cross_entropy_with_logits[double](
+                <const double*>xb.buf, <const double*>tb.buf, n, nod, nod, NULL,
+                <double*>gb.buf if gb != NULL else NULL, opts)
+    return rd
+
+
+cdef inline bint _same_shape(Py_buffer* a, Py_buffer* b) noexcept:
+    if a.ndim != b.ndim:
+        return False
+    for i in range(a.ndim):
+        if a.shape[i] != b.shape[i]:
+            return False
+    return True
+
+
+def binary_cross_entropy_small(object input, object target, int reduction, object grad_arg):
+    """binary_cross_entropy_with_logits(input, target, reduction=mean|sum,
+    grad=False|True|array) on C-contiguous float32/float64 ndarrays of one shape and dtype, no
+    weights, or None (the caller then takes the general path, which also reports every
+    error)."""
+    if type(input) is not _ndarray_type or type(target) is not _ndarray_type:
+        return None
+    if not (grad_arg is False or grad_arg is True or type(grad_arg) is _ndarray_type):
+        return None
+    cdef Py_buffer xb
+    cdef Py_buffer tb
+    cdef Py_buffer gb
+    cdef object grad = None
+    cdef double value
+    try:
+        PyObject_GetBuffer(input, &xb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError):
+        return None
+    try:
+        try:
+            PyObject_GetBuffer(target, &tb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+        except (BufferError, ValueError):
+            return None
+        try:
+            kind = _format_code(&xb)
+            if (kind == 0 or kind == 3 or _format_code(&tb) != kind or xb.len == 0
+                    or not _same_shape(&xb, &tb)):
+                return None
+            if grad_arg is False:
+                return _bce_call(&xb, &tb, NULL, kind, reduction)
+            grad = _empty_like(input) if grad_arg is True else grad_arg
+            try:
+                PyObject_GetBuffer(grad, &gb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)
+            except (BufferError, ValueError):
+                return None
+            try:
+                # A given array: the input's shape and dtype, and either the input itself (in
+                # place) or apart from the input and the target.
+                if grad_arg is not True and (
+                        not _same_shape(&gb, &xb) or _format_code(&gb) != kind
+                        or _overlap(&gb, &tb) or (_overlap(&gb, &xb) and gb.buf != xb.buf)):
+                    return None
+                value = _bce_call(&xb, &tb, &gb, kind, reduction)
+            finally:
+                PyBuffer_Release(&gb)
+            return value, grad
+        finally:
+            PyBuffer_Release(&tb)
+    finally:
+        PyBuffer_Release(&xb)
 
 # ---- float16 storage: uint16 views of float16 arrays, computed in float32 chunk by chunk --------
 

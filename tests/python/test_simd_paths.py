@@ -611,3 +611,93 @@ def test_softmax_of_two_live_classes_is_within_a_few_roundings(level, channels):
     rel = np.abs(p[:, 1] - want) / want
     assert rel.max() <= 3.5 * 2.0**-24, (rel.max() / 2.0**-24, z[rel.argmax()])
     assert p[-4, 1] == p[-4, 0]  # z = 0: both e are exactly 1
+
+
+class _Sub(np.ndarray):
+    """An ndarray subclass: never taken by the short paths (they want exact ndarrays)."""
+
+
+def _bce_ref(x, t, reduction):
+    z = x.astype(np.float64)
+    tt = t.astype(np.float64)
+    loss = np.maximum(z, 0) - z * tt + np.log1p(np.exp(-np.abs(z)))
+    grad = 1 / (1 + np.exp(-z)) - tt
+    if reduction == "mean":
+        return loss.mean(), grad / z.size
+    return loss.sum(), grad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(37, 9), (5,), (2, 3, 4), (300, 301)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_short_path_is_the_general_path(dtype, shape, reduction):
+    """binary_cross_entropy_with_logits' short path (plain ndarrays, no weights) gives the
+    general path's bits: the loss, a new gradient, a given gradient array and in place."""
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.normal(size=shape) * 4).astype(dtype)
+    t = rng.random(size=shape).astype(dtype)
+    slow = xentkit.binary_cross_entropy_with_logits(x.view(_Sub), t, reduction=reduction)
+    slow_l, slow_g = xentkit.binary_cross_entropy_with_logits(x.view(_Sub), t,
+                                                              reduction=reduction, grad=True)
+    fast = xentkit.binary_cross_entropy_with_logits(x, t, reduction=reduction)
+    fast_l, fast_g = xentkit.binary_cross_entropy_with_logits(x, t, reduction=reduction,
+                                                              grad=True)
+    assert type(fast) is float and fast == slow and fast_l == slow_l
+    assert type(fast_g) is np.ndarray and fast_g.dtype == x.dtype and fast_g.shape == x.shape
+    assert fast_g.tobytes() == np.asarray(slow_g).tobytes()
+    out = np.full_like(x, np.nan)
+    loss_o, g_o = xentkit.binary_cross_entropy_with_logits(x, t, reduction=reduction, grad=out)
+    assert g_o is out and loss_o == slow_l and out.tobytes() == fast_g.tobytes()
+    xi = x.copy()
+    loss_i, g_i = xentkit.binary_cross_entropy_with_logits(xi, t, reduction=reduction, grad=xi)
+    assert g_i is xi and loss_i == slow_l and xi.tobytes() == fast_g.tobytes()
+    want_l, want_g = _bce_ref(x, t, reduction)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    _close(fast, want_l, rtol=tol)
+    _close(fast_g, want_g, rtol=tol * 4, atol=tol * np.abs(want_g).max())
+
+
+def test_bce_short_path_errors_match_the_general_path():
+    """Anything the short path does not take (bad gradient arrays, other shapes or dtypes,
+    views, read-only or big-endian arrays) goes to the general path: the same numbers, and the
+    general path's error for what is wrong, with the gradient array left untouched."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    t = rng.random(size=(6, 5)).astype(np.float32)
+    want = xentkit.binary_cross_entropy_with_logits(x.view(_Sub), t)
+    bad_grads = [np.zeros((6, 4), np.float32), np.zeros((6, 5), np.float64),
+                 np.zeros((5, 6), np.float32), np.zeros((6, 10), np.float32)[:, ::2]]
+    ro = np.zeros_like(x)
+    ro.flags.writeable = False
+    bad_grads.append(ro)
+    for g in bad_grads:
+        with pytest.raises((ValueError, TypeError)) as fast_err:
+            xentkit.binary_cross_entropy_with_logits(x, t, grad=g)
+        with pytest.raises((ValueError, TypeError)) as slow_err:
+            xentkit.binary_cross_entropy_with_logits(x.view(_Sub), t, grad=g)
+        assert type(fast_err.value) is type(slow_err.value)
+        assert str(fast_err.value) == str(slow_err.value)
+        assert not np.any(np.asarray(g))
+    # A gradient array that is the target (overlapping it) is refused like the general path.
+    tt = t.copy()
+    with pytest.raises(ValueError) as fast_err:
+        xentkit.binary_cross_entropy_with_logits(x, tt, grad=tt)
+    with pytest.raises(ValueError) as slow_err:
+        xentkit.binary_cross_entropy_with_logits(x.view(_Sub), tt, grad=tt)
+    assert str(fast_err.value) == str(slow_err.value) and np.array_equal(tt, t)
+    with pytest.raises(ValueError, match="target"):
+        xentkit.binary_cross_entropy_with_logits(x, t[:, :4])
+    with pytest.raises(TypeError):
+        xentkit.binary_cross_entropy_with_logits(x, np.ones((6, 5), np.int64))
+    # Views, mixed dtypes, big-endian and read-only arrays: the same number.
+    wide = np.zeros((6, 10), np.float32)
+    wide[:, ::2] = x
+    assert xentkit.binary_cross_entropy_with_logits(wide[:, ::2], t) == want
+    assert xentkit.binary_cross_entropy_with_logits(x.astype(">f4"), t) == want
+    rx = x.copy()
+    rx.flags.writeable = False
+    assert xentkit.binary_cross_entropy_with_logits(rx, t) == want
+    mixed = xentkit.binary_cross_entropy_with_logits(x, t.astype(np.float64))
+    assert mixed == xentkit.binary_cross_entropy_with_logits(x.view(_Sub), t.astype(np.float64))
+    empty = np.zeros((0, 5), np.float32)
+    assert np.isnan(xentkit.binary_cross_entropy_with_logits(empty, empty))

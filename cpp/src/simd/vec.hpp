@@ -360,30 +360,33 @@ XK_INLINE nf lookup_k(const float* table, ni j) noexcept {
   return (nf)_mm256_permutevar8x32_ps(t, (__m256i)j);
 #endif
 }
-XK_INLINE vf exp_nonpos(vf z) noexcept {
+// One native register at a time: on AVX2 and the baseline build a 16-lane vector is several
+// registers, and the parts' temporaries together would not fit in 16 registers (spills).
+XK_INLINE nf exp_nonpos_part(nf z) noexcept {
   constexpr int kShift = kNat == 16 ? 4 : 3;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const vf t = z * (1.44269504088896341f * kNat) + shifter;
-  const vf m = t - shifter;
-  vf r = z - m * (0.693359375f / kNat);
+  const nf t = z * (1.44269504088896341f * kNat) + shifter;
+  const nf m = t - shifter;
+  nf r = z - m * (0.693359375f / kNat);
   r = r - m * (-2.12194440e-4f / kNat);
-  vf p = splat(1.0f / 24.0f);
-  p = p * r + 1.0f / 6.0f;
+  nf p = r * (1.0f / 24.0f) + 1.0f / 6.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
-  const vf q = p * r;  // exp(r) - 1
+  const nf q = p * r;  // exp(r) - 1
   // m = K n + j as an integer from the low mantissa bits of t (no float->int conversion).
-  const vi mi = as_int(t) - as_int(splat(shifter));
-  const vi j = mi & (kNat - 1);
-  const vi n = mi >> kShift;
-  vf frac, resid;
-  XK_DO(kParts, frac.p[i_] = lookup_k(kExp2Sixteenths, j.p[i_]);
-                resid.p[i_] = lookup_k(kExp2Residuals, j.p[i_]));
+  const ni mi = (ni)t - (ni)(nf{} + shifter);
+  const ni j = mi & (kNat - 1);
+  const ni n = mi >> kShift;
   // s = 2^n times the table's 2^(j/K) (a normal float: n >= -126 wherever z >= -87.33654), and
   // exp(z) = s + s (exp(r) - 1 + the table's relative rounding) in one rounding.
-  const vf sc = as_float(as_int(frac) + (n << 23));
-  const vf res = sc * (q + resid) + sc;
-  return sel(z < splat(-87.33654f), splat(0.0f), res);
+  const nf sc = (nf)((ni)lookup_k(kExp2Sixteenths, j) + (n << 23));
+  const nf res = sc * (q + lookup_k(kExp2Residuals, j)) + sc;
+  return z < -87.33654f ? nf{} : res;
+}
+XK_INLINE vf exp_nonpos(vf z) noexcept {
+  vf r;
+  XK_DO(kParts, r.p[i_] = exp_nonpos_part(z.p[i_]));
+  return r;
 }
 #else
 // Cody-Waite reduction z = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial.

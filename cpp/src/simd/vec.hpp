@@ -373,13 +373,16 @@ XK_INLINE nf exp_nonpos_part(nf z) noexcept {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   const nf q = p * r;  // exp(r) - 1
-  // m = K n + j as an integer from the low mantissa bits of t (no float->int conversion).
-  const ni mi = (ni)t - (ni)(nf{} + shifter);
-  const ni j = mi & (kNat - 1);
-  const ni n = mi >> kShift;
+  // m = K n + j as an integer from the low mantissa bits of t (no float->int conversion), in
+  // unsigned arithmetic: where z is far below the range the bits are garbage (the result is
+  // replaced by 0 below) and must not be a signed overflow.
+  typedef uint32_t nu32 __attribute__((vector_size(kNat * 4)));
+  const nu32 mi = (nu32)t - (nu32)(nf{} + shifter);
+  const ni j = (ni)(mi & (kNat - 1));
+  const nu32 n = (nu32)((ni)mi >> kShift);  // floor(m / K), arithmetic shift
   // s = 2^n times the table's 2^(j/K) (a normal float: n >= -126 wherever z >= -87.33654), and
   // exp(z) = s + s (exp(r) - 1 + the table's relative rounding) in one rounding.
-  const nf sc = (nf)((ni)lookup_k(kExp2Sixteenths, j) + (n << 23));
+  const nf sc = (nf)((nu32)lookup_k(kExp2Sixteenths, j) + (n << 23));
   const nf res = sc * (q + lookup_k(kExp2Residuals, j)) + sc;
   return z < -87.33654f ? nf{} : res;
 }

@@ -351,59 +351,6 @@ cdef inline bint _overlap(Py_buffer* a, Py_buffer* b) noexcept:
     return a.len > 0 and b.len > 0 and pa < pb + b.len and pb < pa + a.len
 
 
-def cross_entropy_small(object input, object target, int reduction, object grad_arg):
-    """cross_entropy(input, target, reduction=mean|sum, grad=False|True|array) for the plain
-    case, or None (the caller then takes the general path, which also reports every error)."""
-    if type(input) is not _ndarray_type or type(target) is not _ndarray_type:
-        return None
-    if not (grad_arg is False or grad_arg is True or type(grad_arg) is _ndarray_type):
-        return None
-    cdef Py_buffer xb
-    cdef Py_buffer tb
-    cdef Py_buffer gb
-    cdef object grad = None
-    cdef double value
-    try:
-        PyObject_GetBuffer(input, &xb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-    except (BufferError, ValueError):
-        return None
-    try:
-        try:
-            PyObject_GetBuffer(target, &tb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except (BufferError, ValueError):
-            return None
-        try:
-            kind = _format_code(&xb)
-            if (xb.ndim != 2 or kind == 0 or kind == 3 or tb.ndim != 1 or _format_code(&tb) != 3
-                    or tb.shape[0] != xb.shape[0] or xb.shape[0] == 0 or xb.shape[1] == 0):
-                return None
-            if grad_arg is False:
-                return _ce_call(&xb, &tb, NULL, kind, reduction)
-            grad = _empty_like(input) if grad_arg is True else grad_arg
-            try:
-                PyObject_GetBuffer(grad, &gb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)
-            except (BufferError, ValueError):
-                return None
-            try:
-                # A given array: the input's shape and dtype, and either the input itself (in
-                # place) or apart from the input and the target.
-                if grad_arg is not True and (
-                        gb.ndim != 2 or gb.shape[0] != xb.shape[0] or gb.shape[1] != xb.shape[1]
-                        or _format_code(&gb) != kind or _overlap(&gb, &tb)
-                        or (_overlap(&gb, &xb) and gb.buf != xb.buf)):
-                    return None
-                value = _ce_call(&xb, &tb, &gb, kind, reduction)
-            finally:
-                PyBuffer_Release(&gb)
-            return value, grad
-        finally:
-            PyBuffer_Release(&tb)
-    finally:
-        PyBuffer_Release(&xb)
-
-
-
-
 cdef double _bce_call(Py_buffer* xb, Py_buffer* tb, Py_buffer* gb, int kind,
                       int reduction) except *:
     cdef BinaryCrossEntropyOptions opts
@@ -448,11 +395,10 @@ cdef inline bint _same_shape(Py_buffer* a, Py_buffer* b) noexcept:
     return True
 
 
-def binary_cross_entropy_small(object input, object target, int reduction, object grad_arg):
-    """binary_cross_entropy_with_logits(input, target, reduction=mean|sum,
-    grad=False|True|array) on C-contiguous float32/float64 ndarrays of one shape and dtype, no
-    weights, or None (the caller then takes the general path, which also reports every
-    error)."""
+cdef object _small(int which, object input, object target, int reduction, object grad_arg):
+    """The short paths: which = 0 for cross_entropy, 1 for binary_cross_entropy_with_logits.
+    None for anything they do not take (the caller then takes the general path, which also
+    reports every error)."""
     if type(input) is not _ndarray_type or type(target) is not _ndarray_type:
         return None
     if not (grad_arg is False or grad_arg is True or type(grad_arg) is _ndarray_type):
@@ -473,10 +419,17 @@ def binary_cross_entropy_small(object input, object target, int reduction, objec
             return None
         try:
             kind = _format_code(&xb)
-            if (kind == 0 or kind == 3 or _format_code(&tb) != kind or xb.len == 0
-                    or not _same_shape(&xb, &tb)):
+            if kind == 0 or kind == 3:
                 return None
+            if which == 0:  # (N, C) logits, int64 (N,) targets
+                if (xb.ndim != 2 or tb.ndim != 1 or _format_code(&tb) != 3
+                        or tb.shape[0] != xb.shape[0] or xb.shape[0] == 0 or xb.shape[1] == 0):
+                    return None
+            elif _format_code(&tb) != kind or xb.len == 0 or not _same_shape(&xb, &tb):
+                return None  # BCE: input and target of one shape and dtype
             if grad_arg is False:
+                if which == 0:
+                    return _ce_call(&xb, &tb, NULL, kind, reduction)
                 return _bce_call(&xb, &tb, NULL, kind, reduction)
             grad = _empty_like(input) if grad_arg is True else grad_arg
             try:
@@ -490,7 +443,10 @@ def binary_cross_entropy_small(object input, object target, int reduction, objec
                         not _same_shape(&gb, &xb) or _format_code(&gb) != kind
                         or _overlap(&gb, &tb) or (_overlap(&gb, &xb) and gb.buf != xb.buf)):
                     return None
-                value = _bce_call(&xb, &tb, &gb, kind, reduction)
+                if which == 0:
+                    value = _ce_call(&xb, &tb, &gb, kind, reduction)
+                else:
+                    value = _bce_call(&xb, &tb, &gb, kind, reduction)
             finally:
                 PyBuffer_Release(&gb)
             return value, grad
@@ -498,6 +454,20 @@ def binary_cross_entropy_small(object input, object target, int reduction, objec
             PyBuffer_Release(&tb)
     finally:
         PyBuffer_Release(&xb)
+
+
+def cross_entropy_small(object input, object target, int reduction, object grad_arg):
+    """cross_entropy(input, target, reduction=mean|sum, grad=False|True|array) for the plain
+    case, or None (the caller then takes the general path, which also reports every error)."""
+    return _small(0, input, target, reduction, grad_arg)
+
+
+def binary_cross_entropy_small(object input, object target, int reduction, object grad_arg):
+    """binary_cross_entropy_with_logits(input, target, reduction=mean|sum,
+    grad=False|True|array) on C-contiguous float32/float64 ndarrays of one shape and dtype, no
+    weights, or None (the caller then takes the general path)."""
+    return _small(1, input, target, reduction, grad_arg)
+
 
 # ---- float16 storage: uint16 views of float16 arrays, computed in float32 chunk by chunk --------
 

@@ -672,9 +672,9 @@ def _run_peers(xentkit, torch, repeat, threads, quick, seed):
         r["xk/floor"] = r["xk_ns"] / r["floor_ns"]
         if "avx2" in times:
             r["avx2/xk"] = times["avx2"] / times["xk"]
-        vexp = [times[k] for k in ("texp", "xexp") if k in times]
-        if vexp:
-            r["vexp_ns"] = min(vexp) * 1e9 / x.size
+        vexp = [r[k + "_ns"] for k in ("texp", "xexp") if k in times]
+        if vexp:  # the same numbers as the row's columns, not recomputed (no second rounding)
+            r["vexp_ns"] = min(vexp)
         others = {k: f for k, f in fns.items() if k in PEERS and f is not None}
         if others:
             ptimes = _time_group({"xk": fns["xk"], **others}, repeat)

@@ -47,8 +47,26 @@ def _median(samples):
     return statistics.median(samples)
 
 
-def _time_group(fns, repeat):
-    """Median seconds of each callable, the callables run in turn `repeat` times after a warm-up."""
+def _settle(limit=0.05, quiet=0.0002):
+    """Waits (at most `limit` seconds) until no other thread of this process uses a CPU.
+
+    JAX/XLA's runtime goes on working for a few milliseconds after ``block_until_ready``
+    returns (its other threads' CPU time); pinned to one core, the next timed call shared the
+    core with that work and paid for it (a BCE 4096x1000 call right after JAX's took 1.5x its
+    time). Each 1 ms sleep that leaves the process's CPU time, less this thread's, under `quiet`
+    ends the wait."""
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        p0, t0 = time.process_time(), time.thread_time()
+        time.sleep(0.001)
+        if (time.process_time() - p0) - (time.thread_time() - t0) < quiet:
+            return
+
+
+def _time_group(fns, repeat, settle=False):
+    """Median seconds of each callable, the callables run in turn `repeat` times after a warm-up.
+    With settle=True every timed call starts once the process's other threads are idle
+    (_settle)."""
     for fn in fns.values():
         if fn is not None:
             fn()
@@ -57,6 +75,8 @@ def _time_group(fns, repeat):
         for k, fn in fns.items():
             if fn is None:
                 continue
+            if settle:
+                _settle()
             start = time.perf_counter()
             fn()
             samples[k].append(time.perf_counter() - start)
@@ -663,9 +683,11 @@ def _run_peers(xentkit, torch, repeat, threads, quick, seed):
         # Two groups, each alternating call by call: xentkit with the floor (the same arrays,
         # so each call finds them where the one before left them) and xentkit with the peers
         # (each peer holds its own copy of the data, so every call there starts with colder
-        # caches; xentkit's time in that group is what the peers are compared with).
+        # caches; xentkit's time in that group is what the peers are compared with). Each
+        # timed call starts once the threads JAX's call left working are idle (_settle).
         near = ("xk", "avx2", "copy", "exp", "texp", "xexp")
-        times = _time_group({k: f for k, f in fns.items() if k in near and f is not None}, repeat)
+        times = _time_group({k: f for k, f in fns.items() if k in near and f is not None}, repeat,
+                            settle=True)
         r = _row(case, x.size, times, base="-")
         copy_ns = r["copy_ns"] * (1.5 if bce else 1.0)
         r["floor_ns"] = max(copy_ns, r["exp_ns"])
@@ -677,7 +699,7 @@ def _run_peers(xentkit, torch, repeat, threads, quick, seed):
             r["vexp_ns"] = min(vexp)
         others = {k: f for k, f in fns.items() if k in PEERS and f is not None}
         if others:
-            ptimes = _time_group({"xk": fns["xk"], **others}, repeat)
+            ptimes = _time_group({"xk": fns["xk"], **others}, repeat, settle=True)
             r["xk with peers_ns"] = ptimes["xk"] * 1e9 / x.size
             for k in others:
                 r[f"{k}_ns"] = ptimes[k] * 1e9 / x.size

@@ -139,3 +139,39 @@ def test_bench_peers_times_avx2_beside_avx512(restore_threads, monkeypatch):
     assert calls and calls[::2] == ["avx2"] * (len(calls) // 2)
     assert calls[1::2] == ["avx512"] * (len(calls) // 2)
     assert info["peers"] == [] and "eager" in info["skipped"] and "jax" in info["skipped"]
+
+
+def test_settle_waits_for_the_other_threads():
+    """_settle (before every timed call of the peers table) returns once no other thread of the
+    process uses a CPU, and waits out its limit while one does."""
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        start = time.perf_counter()
+        _bench._settle(limit=0.05)
+        busy = time.perf_counter() - start
+    finally:
+        stop.set()
+        worker.join()
+    start = time.perf_counter()
+    _bench._settle(limit=2.0)
+    quiet = time.perf_counter() - start
+    assert busy >= 0.05, busy  # never found the process quiet: waited its whole limit
+    assert quiet < 1.0, quiet  # found it quiet long before the limit
+
+
+def test_time_group_settles_and_times_every_callable():
+    calls = []
+    times = _bench._time_group({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                                "none": None}, 3, settle=True)
+    assert calls == ["a", "b"] * 4  # one untimed warm-up each, then three rounds in turn
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())

@@ -141,32 +141,49 @@ def test_bench_peers_times_avx2_beside_avx512(restore_threads, monkeypatch):
     assert info["peers"] == [] and "eager" in info["skipped"] and "jax" in info["skipped"]
 
 
-def test_settle_waits_for_the_other_threads():
-    """_settle (before every timed call of the peers table) returns once no other thread of the
-    process uses a CPU, and waits out its limit while one does."""
-    import threading
-    import time
+def test_settle_waits_for_the_other_threads(monkeypatch):
+    """_settle (before every timed call of the peers table) returns once a 1 ms sleep passes
+    without the process's other threads using a CPU, and waits out its limit while they do.
+    The clocks are simulated: other threads use `busy_ms` of CPU per millisecond of sleep for
+    the first `busy_sleeps` sleeps."""
+    import types
 
-    stop = threading.Event()
+    class Clock:
+        def __init__(self, busy_sleeps, busy_ms=1.0):
+            self.now = self.proc = self.thread = 0.0
+            self.sleeps, self.busy_sleeps, self.busy_ms = 0, busy_sleeps, busy_ms
 
-    def spin():
-        while not stop.is_set():
-            pass
+        def sleep(self, s):
+            self.now += s
+            self.sleeps += 1
+            if self.sleeps <= self.busy_sleeps:
+                self.proc += self.busy_ms * s
 
-    worker = threading.Thread(target=spin)
-    worker.start()
-    try:
-        start = time.perf_counter()
-        _bench._settle(limit=0.05)
-        busy = time.perf_counter() - start
-    finally:
-        stop.set()
-        worker.join()
-    start = time.perf_counter()
-    _bench._settle(limit=2.0)
-    quiet = time.perf_counter() - start
-    assert busy >= 0.05, busy  # never found the process quiet: waited its whole limit
-    assert quiet < 1.0, quiet  # found it quiet long before the limit
+    def use(clock):
+        fake = types.SimpleNamespace(perf_counter=lambda: clock.now, sleep=clock.sleep,
+                                     process_time=lambda: clock.proc,
+                                     thread_time=lambda: clock.thread)
+        monkeypatch.setattr(_bench, "time", fake)
+
+    quiet = Clock(busy_sleeps=0)
+    use(quiet)
+    _bench._settle(limit=0.05)
+    assert quiet.sleeps == 1  # quiet at once: one sleep
+
+    busy = Clock(busy_sleeps=10)
+    use(busy)
+    _bench._settle(limit=0.05)
+    assert busy.sleeps == 11  # ten busy sleeps, then the first quiet one
+
+    always = Clock(busy_sleeps=10**9)
+    use(always)
+    _bench._settle(limit=0.05)
+    assert 49 <= always.sleeps <= 51  # never quiet: the limit, 50 sleeps of 1 ms
+
+    light = Clock(busy_sleeps=10**9, busy_ms=0.1)  # 0.1 ms per ms: under the 0.2 ms threshold
+    use(light)
+    _bench._settle(limit=0.05)
+    assert light.sleeps == 1
 
 
 def test_time_group_settles_and_times_every_callable():

@@ -925,12 +925,46 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
     vzy[q] = splat(0.0f);
     vy[q] = load_i(jb.y + j0 + q * W);
   }
+  // Packed (and not soft-capped), the labels are taken out of the sweeps: each position's
+  // labelled logit is read from the pack and replaced there by -inf, whose e is 0, so sweep B
+  // sums every e as it comes and sweep C writes e * scale everywhere; the label's e (from the
+  // same z, so the same bits), the gradient and the softmax at the label are put in per
+  // position. Per class vector that is one comparison and three selects fewer in sweep B and
+  // one comparison and two selects fewer in sweep C; same results bit for bit.
+  const bool split = !kCap && packed;
+  if (split) {
+    for (int q = 0; q < G; ++q) {
+      alignas(64) float xy[W];
+      for (int k = 0; k < W; ++k) {
+        const int32_t yk = jb.y[j0 + q * W + k];
+        float* at = pack + static_cast<int64_t>(yk) * S + q * W + k;
+        xy[k] = yk >= 0 ? *at : 0.0f;
+        if (yk >= 0) *at = -kFloatInf;
+      }
+      const vi labelled = vy[q] >= splat_i(0);
+      vzy[q] = sel(labelled, load(xy) - vm[q], splat(0.0f));
+      vey[q] = sel(labelled, exp_nonpos(vzy[q]), splat(0.0f));
+    }
+  }
   // The next groups' lines of each class row are fetched while these are computed in cache.
   const bool ahead = packed && g0 + 2 * G <= jb.count;
   // Group by group over the classes (the pack is in L1): one group's sums, label values and
   // labels stay in registers (all G groups' would not fit); each lane sums its classes in the
   // same order either way.
-  for (int q = 0; q < G; ++q) {
+  for (int q = 0; q < G && split; ++q) {
+    const vf m = vm[q];
+    PartialSum sum = acc[q];
+    for (int64_t c = 0; c < C; ++c) {
+      if (ahead) __builtin_prefetch(x + c * inner + S + q * W);
+      if (jb.diff) __builtin_prefetch(jb.diff + j0 + c * inner + q * W, 1);
+      float* const pc = pack + c * S + q * W;
+      const vf e = exp_nonpos(load(pc) - m);
+      if (st) store(pc, e);
+      sum.add(e);
+    }
+    acc[q] = sum;
+  }
+  for (int q = 0; q < G && !split; ++q) {
     // This group's running values as locals (the compiler keeps them in registers; indexed by
     // q they went through memory every class, a store-to-load chain per add).
     const vf m = vm[q];
@@ -985,6 +1019,27 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   // Class by class, the G groups' lines of each output row in order: each visit to a class row
   // writes G consecutive lines (group by group, every store went to another row, and the
   // write misses of the C rows queued behind each other).
+  if (split) {
+    for (int64_t c = 0; c < C; ++c) {
+      for (int q = 0; q < G; ++q) {
+        const vf e = load(pack + c * S + q * W);
+        if (p) store(p + c * inner + q * W, e * pinv[q]);
+        if (d) store(d + c * inner + q * W, e * sc[q]);  // 0 at the label; scale 0 if skipped
+      }
+    }
+    for (int q = 0; q < G; ++q) {
+      alignas(64) float pv[W];
+      store(pv, vey[q] * pinv[q]);
+      for (int k = 0; k < W; ++k) {
+        const int32_t yk = jb.y[j0 + q * W + k];
+        if (yk < 0) continue;
+        const int64_t at = static_cast<int64_t>(yk) * inner + q * W + k;
+        if (p) p[at] = pv[k];
+        if (d) d[at] = f[q].gy[k];
+      }
+    }
+    return true;
+  }
   for (int64_t c = 0; c < C; ++c) {
     const vi vc = splat_i(static_cast<int32_t>(c));
     for (int q = 0; q < G; ++q) {

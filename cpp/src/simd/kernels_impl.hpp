@@ -937,9 +937,11 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
       alignas(64) float xy[W];
       for (int k = 0; k < W; ++k) {
         const int32_t yk = jb.y[j0 + q * W + k];
-        float* at = pack + static_cast<int64_t>(yk) * S + q * W + k;
-        xy[k] = yk >= 0 ? *at : 0.0f;
-        if (yk >= 0) *at = -kFloatInf;
+        xy[k] = 0.0f;
+        if (yk < 0) continue;
+        float* const at = pack + static_cast<int64_t>(yk) * S + q * W + k;
+        xy[k] = *at;
+        *at = -kFloatInf;
       }
       const vi labelled = vy[q] >= splat_i(0);
       vzy[q] = sel(labelled, load(xy) - vm[q], splat(0.0f));

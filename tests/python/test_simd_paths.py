@@ -218,12 +218,14 @@ def test_narrow_rows_split_across_threads(level, channels, rows, restore_threads
     assert np.array_equal(loss_i, one[0]) and np.array_equal(grad_i, one[1])
 
 
-@pytest.mark.parametrize("inner", [1, 7, 4096])
-@pytest.mark.parametrize("channels", [2, 3, 16, 21, 150])
+@pytest.mark.parametrize("inner", [1, 7, 467, 4096])
+@pytest.mark.parametrize("channels", [2, 3, 16, 21, 40, 150, 256, 300])
 def test_spatial_layouts_agree_with_reference(level, channels, inner):
-    """Class axis 1 with inner = 1 (rows), 7 (a group's tail only) and 4096 (whole groups, the
-    packed tiles): mean loss, gradient and per-position losses against float64, and the result
-    at one thread equal bit for bit to the one at three."""
+    """Class axis 1 with inner = 1 (rows), 7 (a group's tail only), 467 (three tiles of 8
+    groups of 16 positions, a tile of 4, one of 1 and a tail of 3) and 4096 (whole tiles):
+    mean loss, gradient and per-position losses against float64, and the result at one thread
+    equal bit for bit to the one at three. Up to 32 classes the tiles are packed on the stack,
+    up to 256 in the thread's buffer, 300 in tiles of 4 (and C > 2048 would not be packed)."""
     rng = np.random.default_rng(channels * 10007 + inner)
     outer = 3 if inner < 4096 else 2
     x = (rng.normal(size=(outer, channels, inner)) * 3).astype(np.float32)
@@ -277,13 +279,21 @@ def test_caffe_layer_and_softmax_agree(level, shape, axis):
     _close(xentkit.softmax(x, dim=axis), caffe_ref.softmax(x.astype(np.float64), axis), atol=1e-7)
 
 
-@pytest.mark.parametrize("layout", ["rows", "positions"])
+@pytest.mark.parametrize("layout", ["rows", "positions", "positions150"])
 def test_non_finite_rows_match_the_scalar_kernels(level, layout):
+    """A NaN or infinite logit hands its position's group back to the scalar kernel: the
+    results equal the scalar level's, and the other positions are unaffected. positions150:
+    150 classes (tiles of 8 groups in the thread's buffer), bad positions inside a tile, in a
+    tile's last group and in the tail."""
     rng = np.random.default_rng(11)
     if layout == "rows":
         x = rng.normal(size=(40, 37)).astype(np.float32)
         rows = [x[3], x[17], x[18], x[39], x[25]]
         t = rng.integers(0, 37, size=40)
+    elif layout == "positions150":
+        x = rng.normal(size=(2, 150, 300)).astype(np.float32)
+        rows = [x[0, :, 5], x[1, :, 127], x[1, :, 299], x[0, :, 200], x[1, :, 130]]
+        t = rng.integers(0, 150, size=(2, 300))
     else:
         x = rng.normal(size=(2, 9, 48)).astype(np.float32)
         rows = [x[0, :, 5], x[1, :, 20], x[1, :, 47], x[0, :, 33], x[1, :, 0]]

@@ -22,6 +22,7 @@
 #include <limits>
 #include <type_traits>
 #include <utility>
+#include <vector>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #elif defined(__SSE2__)
@@ -1063,22 +1064,53 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   return true;
 }
 
+// The pack of position_groups: at most 32768 floats (128 KiB, 8 groups of 16 positions for up
+// to 256 classes). Up to 4096 floats it is on the stack; above, a buffer of the thread's, kept
+// between calls (and if that cannot be allocated, fewer groups at a time on the stack).
+constexpr int64_t kPackMax = 32768;
+constexpr int64_t kPackStack = 4096;
+
+float* thread_pack(int64_t floats) noexcept {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < floats + 16) {
+    try {
+      buf.resize(static_cast<size_t>(floats + 16));
+    } catch (...) {
+      return nullptr;
+    }
+  }
+  const auto p = (reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63};
+  return reinterpret_cast<float*>(p);
+}
+
 template <bool kCap>
 int64_t positions_impl(const SoftmaxJob& jb) {
-  constexpr int64_t kPackFloats = 4096;  // 16 KiB on the stack
-  alignas(64) float pack[kPackFloats];
+  alignas(64) float stack_pack[kPackStack];
   const int64_t C = jb.channels;
+  // Eight groups at a time where their pack fits, each visit to a class row then reads (and
+  // sweep C writes) 8 consecutive lines: with one line per visit, rows of 100-256 classes took
+  // 1.5-3x as long (the lines of one group are C strides apart, and for strides that are a
+  // multiple of 4 KiB they all fall into one L1 set and a few L2 sets).
+  int64_t room = kPackStack;
+  float* pack = stack_pack;
+  if (C * 8 * W > kPackStack) {
+    const int64_t want = std::min(kPackMax, C * 8 * W <= kPackMax ? C * 8 * W : C * 4 * W <= kPackMax ? C * 4 * W : C * W);
+    if (float* p = thread_pack(want)) {
+      pack = p;
+      room = want;
+    }
+  }
   int64_t g = 0;
   while (g < jb.count) {
-    if (g + 8 <= jb.count && C * 8 * W <= kPackFloats && position_groups<8, kCap>(jb, g, pack, true)) {
+    if (g + 8 <= jb.count && C * 8 * W <= room && position_groups<8, kCap>(jb, g, pack, true)) {
       g += 8;
       continue;
     }
-    if (g + 4 <= jb.count && C * 4 * W <= kPackFloats && position_groups<4, kCap>(jb, g, pack, true)) {
+    if (g + 4 <= jb.count && C * 4 * W <= room && position_groups<4, kCap>(jb, g, pack, true)) {
       g += 4;
       continue;
     }
-    if (!position_groups<1, kCap>(jb, g, pack, C * W <= kPackFloats)) return g;
+    if (!position_groups<1, kCap>(jb, g, pack, C * W <= room)) return g;
     ++g;
   }
   return jb.count;

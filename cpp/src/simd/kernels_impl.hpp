@@ -1093,8 +1093,10 @@ int64_t positions_impl(const SoftmaxJob& jb) {
   // multiple of 4 KiB they all fall into one L1 set and a few L2 sets).
   int64_t room = kPackStack;
   float* pack = stack_pack;
-  if (C * 8 * W > kPackStack) {
-    const int64_t want = std::min(kPackMax, C * 8 * W <= kPackMax ? C * 8 * W : C * 4 * W <= kPackMax ? C * 4 * W : C * W);
+  if (C * 8 * W > kPackStack && C * W <= kPackMax) {
+    const int64_t want = C * 8 * W <= kPackMax   ? C * 8 * W
+                         : C * 4 * W <= kPackMax ? C * 4 * W
+                                                 : C * W;
     if (float* p = thread_pack(want)) {
       pack = p;
       room = want;

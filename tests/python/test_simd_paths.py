@@ -193,6 +193,56 @@ def test_two_class_rows_are_logistic(level, scale):
     assert np.all(dc[:16] == [-1.0, 1.0])
 
 
+@pytest.mark.parametrize("inner", [16 * 40, 16 * 40 + 5])
+def test_two_classes_on_the_class_axis_are_logistic(level, inner):
+    """(N, 2, ...) with the class axis 1 (binary segmentation) takes the logistic form as rows of
+    two do: whole groups of 16 positions equal bit for bit to the same rows laid out (N*HW, 2),
+    with weights and ignored positions; all of it (the tail too) within a few float32 ulps of
+    the float64 logistic form; a group with a NaN gives NaN at its position only; in place
+    equal to apart; z-loss and softmax output keep the softmax form."""
+    rng = np.random.default_rng(inner)
+    x = (rng.normal(size=(3, 2, inner)) * 6).astype(np.float32)
+    x[0, :, 7] = [0.0, 85.0]
+    t = rng.integers(0, 2, size=(3, inner))
+    t[:, ::9] = -100
+    t[0, 7] = t[1, 10] = 0
+    x[1, :, 10] = [30.0, 0.0]
+    w = np.array([0.75, 2.5], np.float32)
+    loss, grad = xentkit.cross_entropy(x, t, w, reduction="none", grad=True)
+    rows = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, 2)
+    lr, gr = xentkit.cross_entropy(rows, t.reshape(-1), w, reduction="none", grad=True)
+    lr, gr = lr.reshape(3, inner), np.moveaxis(gr.reshape(3, inner, 2), -1, 1)
+    whole = inner // 16 * 16
+    if inner % 16 == 0:  # the rows' blocks of 16 are then the positions' groups
+        assert np.array_equal(loss[:, :whole], lr[:, :whole])
+        assert np.array_equal(grad[:, :, :whole], gr[:, :, :whole])
+    want_loss, want_grad = _logistic_reference(rows, t.reshape(-1), w)
+    want_grad = np.moveaxis(want_grad.reshape(3, inner, 2), -1, 1)
+    tiny = 1.2e-38 * 3
+    np.testing.assert_allclose(loss, want_loss.reshape(3, inner), rtol=8 * 2.0**-24, atol=tiny)
+    np.testing.assert_allclose(grad, want_grad, rtol=8 * 2.0**-24, atol=tiny)
+    assert loss[0, 7] == pytest.approx(85.0 * 0.75, rel=1e-7)
+    assert grad[1, 1, 10] > 0 and abs(grad[1, 1, 10] / want_grad[1, 1, 10] - 1) < 1e-6
+    xi = x.copy()
+    li, gi = xentkit.cross_entropy(xi, t, w, reduction="none", grad=xi)
+    assert gi is xi and np.array_equal(li, loss) and np.array_equal(gi, grad)
+    xn = x.copy()
+    xn[2, 1, 20] = np.nan
+    ln, gn = xentkit.cross_entropy(xn, t, w, reduction="none", grad=True)
+    bad = np.zeros_like(loss, bool)
+    bad[2, 20] = True
+    assert np.isnan(ln[bad]).all() and np.isnan(gn[:, :, 20][2]).all()
+    np.testing.assert_allclose(ln[~bad], loss[~bad], rtol=8 * 2.0**-24, atol=tiny)
+    # With z-loss the softmax form runs (no logistic shortcut): against float64.
+    lz = xentkit.cross_entropy(x, t, w, reduction="none", z_loss=1e-3)
+    z = x.astype(np.float64)
+    lse = np.logaddexp(z[:, 0], z[:, 1])
+    tl = np.where(t >= 0, t, 0)
+    nll = lse - np.take_along_axis(z, tl[:, None], 1)[:, 0]
+    want_z = np.where(t >= 0, (nll + 1e-3 * lse**2) * w.astype(np.float64)[tl], 0.0)
+    np.testing.assert_allclose(lz, want_z, rtol=2e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("rows", [16 * 700, 16 * 700 + 9])
 @pytest.mark.parametrize("channels", [2, 3, 7, 8, 9, 15, 16])
 def test_narrow_rows_split_across_threads(level, channels, rows, restore_threads):

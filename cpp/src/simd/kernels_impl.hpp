@@ -516,8 +516,11 @@ XK_INLINE void block_out(const vf* v, float* out, [[maybe_unused]] float* buf) n
 /// logistic loss: with d = x[other] - x[label], -log p[label] = max(d, 0) + log1p(exp(-|d|)) and
 /// p[other] = sigmoid(d), from one exp, one division and a polynomial; p[other] keeps its
 /// relative precision where it is tiny (the gradient at the label, -p[other], included).
-/// Writes the rows' losses and, when asked, their gradients (no z-loss, no softmax output).
-XK_INLINE void binary_rows(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy) noexcept {
+/// Writes the rows' losses; returns false when no gradient is asked for, else true with the
+/// gradients of the two classes in o (no z-loss, no softmax output). Rows or positions: the
+/// caller writes o.
+XK_INLINE bool binary_core(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy,
+                           vf* o) noexcept {
   const vi one = vy == splat_i(1);
   const vi labelled = vy >= splat_i(0);
   const vf d = sel(one, v[0] - v[1], v[1] - v[0]);
@@ -530,13 +533,41 @@ XK_INLINE void binary_rows(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy)
   const vd nd = widen(nll);
   const vd capped = sel(nd > splat_d(jb.cap), splat_d(jb.cap), nd);
   store_d(jb.loss + r0, sel(wide_mask(labelled), capped * va, splat_d(0.0)));
-  if (!jb.diff) return;
+  if (!jb.diff) return false;
   const vf g = p_other * narrow(va * jb.grad_scale);
-  vf o[2];
   o[0] = sel(labelled, sel(one, g, -g), splat(0.0f));
   o[1] = sel(labelled, sel(one, -g, g), splat(0.0f));
+  return true;
+}
+
+/// binary_core for 16 rows of the job from r0, the gradient written back as rows.
+XK_INLINE void binary_rows(const SoftmaxJob& jb, int64_t r0, const vf* v, vi vy) noexcept {
+  vf o[2];
+  if (!binary_core(jb, r0, v, vy, o)) return;
   alignas(64) float buf[2 * W];
   block_out<2>(o, jb.diff + r0 * 2, buf);
+}
+
+/// Two classes on the class axis (inner > 1) without z-loss, soft-capping or softmax output:
+/// binary_core on each group of 16 positions, the two class rows read and written as they lie
+/// (binary segmentation, Caffe's and PyTorch's (N, 2, H, W)). The same results as rows of two
+/// bit for bit. Returns the groups done; stops before a group with a NaN or infinite logit.
+int64_t binary_positions(const SoftmaxJob& jb) {
+  const int64_t inner = jb.inner;
+  for (int64_t g = 0; g < jb.count; ++g) {
+    const int64_t j0 = g * W;
+    vf v[2];
+    v[0] = load(jb.x + j0);
+    v[1] = load(jb.x + inner + j0);
+    const vi bad = (v[0] != v[0]) | (v[1] != v[1]) | nonfinite(max_keep(v[0], v[1]));
+    if (any(bad)) return g;
+    vf o[2];
+    if (binary_core(jb, j0, v, load_i(jb.y + j0), o)) {
+      store(jb.diff + j0, o[0]);
+      store(jb.diff + inner + j0, o[1]);
+    }
+  }
+  return jb.count;
 }
 
 /// Rows of exactly C (2..16) classes, 16 rows at a time, C known to the compiler: the block is
@@ -883,6 +914,21 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
   return jb.channels <= W ? softmax_rows_narrow(jb) : softmax_rows_wide(jb);
 }
 
+// The fewest classes for which position_groups takes the labels out of its sweeps (`split`).
+// That saves a comparison and a few selects per class vector and costs two scalar loops of 16
+// positions per group; where selects are cheap (AVX-512's masks) and vectors few, the loops
+// cost more. Measured on one Zen 5 core, both ways bit-identical (benchmarks/ab_builds.py):
+// AVX-512 without the split 14% faster at 21 classes, 37% at 2, even at 100-256; AVX2 10-18%
+// faster at 2-5, even at 16, 4-10% slower at 21-150; 4-lane parts 3-5% faster at 2, 4-20%
+// slower at 5-21.
+#if defined(__AVX512F__)
+constexpr int64_t kSplitClasses = 65;
+#elif defined(__AVX__)
+constexpr int64_t kSplitClasses = 17;
+#else
+constexpr int64_t kSplitClasses = 5;
+#endif
+
 /// G consecutive groups of W positions starting at group g0. When `packed`, sweep A copies the
 /// logits into pack as a (C, G*W) block, so sweeps B and C read contiguous lines instead of C
 /// lines `inner` floats apart (for strides near a multiple of 4 KiB those share one L1 set and
@@ -932,7 +978,7 @@ bool position_groups(const SoftmaxJob& jb, int64_t g0, float* pack, bool packed)
   // same z, so the same bits), the gradient and the softmax at the label are put in per
   // position. Per class vector that is one comparison and three selects fewer in sweep B and
   // one comparison and two selects fewer in sweep C; same results bit for bit.
-  const bool split = !kCap && packed;
+  const bool split = !kCap && packed && C >= kSplitClasses;
   if (split) {
     for (int q = 0; q < G; ++q) {
       alignas(64) float xy[W];
@@ -1119,6 +1165,9 @@ int64_t positions_impl(const SoftmaxJob& jb) {
 }
 
 int64_t softmax_positions(const SoftmaxJob& jb) {
+  if (jb.channels == 2 && jb.softcap == 0.0 && jb.z_loss == 0.0 && jb.prob == nullptr) {
+    return binary_positions(jb);
+  }
   return jb.softcap > 0.0 ? positions_impl<true>(jb) : positions_impl<false>(jb);
 }
 

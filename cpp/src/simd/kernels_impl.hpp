@@ -576,25 +576,34 @@ int64_t binary_positions(const SoftmaxJob& jb) {
 /// softmax output) the same operations in the same order as position_groups, so the results
 /// are those of softmax_rows_narrow_any bit for bit; other rows of two take binary_rows. Hands
 /// the last count % 16 rows and blocks with a NaN or infinite logit to softmax_rows_narrow_any.
-template <int C>
+///
+/// kPos: the same for C classes on the class axis (a stride of jb.inner between classes), a
+/// group of 16 positions at a time, its C vectors read and written as the class rows lie (no
+/// transposes); jb.count is then in groups, and the count of groups done is returned (it stops
+/// before a group with a NaN or infinite logit, which the caller hands to the scalar kernel).
+template <int C, bool kPos = false>
 int64_t narrow_rows(const SoftmaxJob& jb) {
   [[maybe_unused]] alignas(64) float buf[C * W];
-  const int64_t full = jb.count / W * W;
+  const int64_t full = kPos ? jb.count * W : jb.count / W * W;
+  [[maybe_unused]] const int64_t inner = jb.inner;
   // Two classes without z-loss or softmax output: the logistic form (binary_rows: one exp, one
   // division, no double-precision sums).
   [[maybe_unused]] const bool binary = C == 2 && jb.z_loss == 0.0 && jb.prob == nullptr;
   int64_t r0 = 0;
   for (; r0 < full; r0 += W) {
-    const float* x = jb.x + r0 * C;
     vf v[C];
-    block_in<C>(jb, r0, x, v, buf);
+    if constexpr (kPos) {
+      for (int c = 0; c < C; ++c) v[c] = load(jb.x + c * inner + r0);
+    } else {
+      block_in<C>(jb, r0, jb.x + r0 * C, v, buf);
+    }
     vi bad = splat_i(0);
     for (int c = 0; c < C; ++c) bad |= (v[c] != v[c]);
     vf m = v[0];
     for (int c = 1; c < C; ++c) m = max_keep(m, v[c]);
     if (any(bad | nonfinite(m))) break;
     const vi vy = load_i(jb.y + r0);
-    if constexpr (C == 2) {
+    if constexpr (C == 2 && !kPos) {
       if (binary) {
         binary_rows(jb, r0, v, vy);
         continue;
@@ -628,13 +637,17 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
     finish_rows(W, other, ey, zy, jb.y + r0, jb.a + r0, jb.grad_scale, jb.cap, jb.loss + r0, f,
                 mx, jb.z_loss);
     vf o[C];
-    const auto put = [&](float* dst) XK_INLINE_LAMBDA {
-      block_out<C>(o, dst, buf);
+    const auto put = [&](float* base) XK_INLINE_LAMBDA {
+      if constexpr (kPos) {
+        for (int c = 0; c < C; ++c) store(base + c * inner + r0, o[c]);
+      } else {
+        block_out<C>(o, base + r0 * C, buf);
+      }
     };
     if (jb.prob) {
       const vf pinv = load(f.pinv);
       for (int c = 0; c < C; ++c) o[c] = v[c] * pinv;
-      put(jb.prob + r0 * C);
+      put(jb.prob);
     }
     if (jb.diff) {
       const vf sc = load(f.scale), gy = load(f.gy);
@@ -643,9 +656,10 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
         const vf g = sel(vy == splat_i(c), gy, v[c] * sc);
         o[c] = sel(skip, splat(0.0f), g);
       }
-      put(jb.diff + r0 * C);
+      put(jb.diff);
     }
   }
+  if constexpr (kPos) return r0 / W;
   if (r0 == jb.count) return r0;
   SoftmaxJob rest = jb;
   rest.x = jb.x + r0 * C;
@@ -658,17 +672,17 @@ int64_t narrow_rows(const SoftmaxJob& jb) {
   return r0 + softmax_rows_narrow_any(rest);
 }
 
-template <int... Cs>
+template <bool kPos, int... Cs>
 int64_t narrow_dispatch(const SoftmaxJob& jb, std::integer_sequence<int, Cs...>) {
   int64_t done = -1;
-  (void)((jb.channels == Cs + 2 ? (done = narrow_rows<Cs + 2>(jb), true) : false) || ...);
+  (void)((jb.channels == Cs + 2 ? (done = narrow_rows<Cs + 2, kPos>(jb), true) : false) || ...);
   return done;
 }
 
 /// Rows of at most W classes.
 int64_t softmax_rows_narrow(const SoftmaxJob& jb) {
   if (jb.softcap > 0.0 || jb.channels < 2) return softmax_rows_narrow_any(jb);
-  return narrow_dispatch(jb, std::make_integer_sequence<int, W - 1>{});
+  return narrow_dispatch<false>(jb, std::make_integer_sequence<int, W - 1>{});
 }
 
 // Loads and stores of float32 or float16 (uint16_t bits) storage.
@@ -1164,9 +1178,17 @@ int64_t positions_impl(const SoftmaxJob& jb) {
   return jb.count;
 }
 
+constexpr int64_t kNarrowPositions = kNat == 4 ? 10 : W;
+
 int64_t softmax_positions(const SoftmaxJob& jb) {
   if (jb.channels == 2 && jb.softcap == 0.0 && jb.z_loss == 0.0 && jb.prob == nullptr) {
     return binary_positions(jb);
+  }
+  // Up to 16 classes (10 on 4-lane parts, where 16 classes of 4 registers each spill), the
+  // kernel compiled for the class count: 8-25% faster than position_groups on AVX2 and AVX-512
+  // (3-16 classes, one Zen 5 core), 14% at 3 classes on 4 lanes, even at 10, 5% slower at 16.
+  if (jb.softcap == 0.0 && jb.channels >= 2 && jb.channels <= kNarrowPositions) {
+    return narrow_dispatch<true>(jb, std::make_integer_sequence<int, W - 1>{});
   }
   return jb.softcap > 0.0 ? positions_impl<true>(jb) : positions_impl<false>(jb);
 }

@@ -23,7 +23,8 @@ def _close16(actual, expected):
     np.testing.assert_allclose(a, e, rtol=2 ** -10, atol=2 ** -24, equal_nan=True)
 
 
-@pytest.mark.parametrize("shape", [(7, 10), (300, 37), (3, 8300), (2, 5, 70), (2, 21, 16, 16)])
+@pytest.mark.parametrize("shape", [(7, 10), (300, 37), (3, 8300), (2, 5, 70), (2, 21, 16, 16),
+                                   (4, 2, 100), (2, 3, 8, 40)])
 def test_cross_entropy_float16(level, shape):
     rng = np.random.default_rng(shape[0] * 31 + shape[1])
     x = (rng.normal(size=shape) * 3).astype(F16)

@@ -930,17 +930,15 @@ int64_t softmax_rows(const SoftmaxJob& jb) {
 
 // The fewest classes for which position_groups takes the labels out of its sweeps (`split`).
 // That saves a comparison and a few selects per class vector and costs two scalar loops of 16
-// positions per group; where selects are cheap (AVX-512's masks) and vectors few, the loops
-// cost more. Measured on one Zen 5 core, both ways bit-identical (benchmarks/ab_builds.py):
-// AVX-512 without the split 14% faster at 21 classes, 37% at 2, even at 100-256; AVX2 10-18%
-// faster at 2-5, even at 16, 4-10% slower at 21-150; 4-lane parts 3-5% faster at 2, 4-20%
-// slower at 5-21.
+// positions per group. Measured on one Zen 5 core, both ways bit-identical
+// (benchmarks/ab_builds.py): with AVX-512's mask registers the selects are cheap, and without
+// the split 21 classes ran 11-16% faster, 40-64 3-9%, 100-256 even; on AVX2 and on 4-lane parts
+// the split pays above the class counts the narrow kernels take (softmax_positions), so there
+// every call that reaches position_groups uses it.
 #if defined(__AVX512F__)
 constexpr int64_t kSplitClasses = 65;
-#elif defined(__AVX__)
-constexpr int64_t kSplitClasses = 17;
 #else
-constexpr int64_t kSplitClasses = 5;
+constexpr int64_t kSplitClasses = 0;
 #endif
 
 /// G consecutive groups of W positions starting at group g0. When `packed`, sweep A copies the
